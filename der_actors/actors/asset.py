@@ -1,0 +1,101 @@
+"""The headend's asset actor: one per configured asset; holds its "now".
+
+It keeps the latest telemetry, which session serves the asset, the last few sessions and the current
+setpoint, and publishes them as an `AssetView` after every change. Its inbox survives a restart
+(the supervisor owns it) and so does its last view, so a crash loses nothing that was published.
+"""
+
+from __future__ import annotations
+
+import attrs
+import structlog
+import trio
+
+from der_actors.actors.supervise import supervise
+from der_actors.messages import Telemetry
+from der_actors.model import Asset
+from der_actors.views import AssetView, SessionSummary
+
+log = structlog.get_logger("der.asset")
+
+SESSIONS_KEPT = 5
+# Telemetry arrives a tick at a time and is applied at once; 256 gives a gateway's burst room
+# without letting a stuck actor hide a growing backlog.
+INBOX_SIZE = 256
+
+
+@attrs.frozen
+class TelemetryArrived:
+    points: tuple[Telemetry, ...]
+    received_at: float
+
+
+@attrs.frozen
+class Connected:
+    session: SessionSummary
+
+
+@attrs.frozen
+class Disconnected:
+    session_id: str
+    at: float
+    reason: str
+
+
+@attrs.frozen
+class SetpointSet:
+    mw: float
+    dispatch_id: str
+
+
+AssetMessage = TelemetryArrived | Connected | Disconnected | SetpointSet
+
+
+def apply(view: AssetView, msg: AssetMessage) -> AssetView:
+    """The asset's rules: pure, one message at a time."""
+    if isinstance(msg, TelemetryArrived):
+        newest = max(msg.points, key=lambda p: (p.timestamp, p.seq))
+        if view.latest is not None and (newest.timestamp, newest.seq) < (view.latest.timestamp, view.latest.seq):
+            return view  # a late or replayed point never hides a newer one
+        return attrs.evolve(view, latest=newest, received_at=msg.received_at)
+    if isinstance(msg, Connected):
+        return attrs.evolve(view, session=msg.session, sessions=(msg.session,) + view.sessions[: SESSIONS_KEPT - 1])
+    if isinstance(msg, Disconnected):
+        sessions = tuple(
+            attrs.evolve(s, disconnected_at=msg.at, reason=msg.reason)
+            if s.session_id == msg.session_id and s.disconnected_at is None
+            else s
+            for s in view.sessions
+        )
+        current = None if view.session and view.session.session_id == msg.session_id else view.session
+        return attrs.evolve(view, session=current, sessions=sessions)
+    if isinstance(msg, SetpointSet):
+        return attrs.evolve(view, setpoint_mw=msg.mw, setpoint_dispatch_id=msg.dispatch_id)
+    raise TypeError(f"asset actor cannot handle {msg!r}")
+
+
+class AssetHandle:
+    """Send messages to an asset actor; read its published view."""
+
+    def __init__(self, asset: Asset, send: trio.MemorySendChannel[AssetMessage]) -> None:
+        self.asset = asset
+        self._send = send
+        self.view = AssetView(asset=asset)
+
+    async def send(self, msg: AssetMessage) -> None:
+        await self._send.send(msg)
+
+
+async def _asset_loop(handle: AssetHandle, inbox: trio.MemoryReceiveChannel[AssetMessage]) -> None:
+    async for msg in inbox:
+        handle.view = apply(handle.view, msg)
+
+
+async def run_asset(
+    asset: Asset, *, task_status: trio.TaskStatus[AssetHandle] = trio.TASK_STATUS_IGNORED
+) -> None:
+    send, recv = trio.open_memory_channel[AssetMessage](INBOX_SIZE)
+    async with send, recv:
+        handle = AssetHandle(asset, send)
+        task_status.started(handle)
+        await supervise(f"asset:{asset.id}", lambda: _asset_loop(handle, recv))

@@ -1,0 +1,52 @@
+"""The root supervisor: wires the headend's actors together and hands transports a way in.
+
+Start order is dependency order, each with `nursery.start` so nothing is used before it is ready:
+store, directory, dispatch supervisor, one actor per configured asset, then the session manager.
+Transports (gRPC, in-memory) get a clone of `accept` and send it one `AgentConnection` per stream.
+"""
+
+from __future__ import annotations
+
+import attrs
+import trio
+
+from der_actors.actors.asset import run_asset
+from der_actors.actors.context import HeadendConfig, HeadendContext
+from der_actors.actors.directory import run_directory
+from der_actors.actors.dispatch import run_dispatch_supervisor
+from der_actors.actors.session import run_session_manager
+from der_actors.actors.store import StoreActor
+from der_actors.clock import WallClock
+from der_actors.model import Inventory
+from der_actors.storage.base import Storage
+from der_actors.transport.link import AgentConnection
+
+# New streams waiting for a session actor; sessions start in microseconds, so this only absorbs a
+# reconnect storm's burst.
+ACCEPT_BACKLOG = 256
+
+
+@attrs.frozen
+class Headend:
+    ctx: HeadendContext
+    accept: trio.MemorySendChannel[AgentConnection]
+
+
+async def run_headend(
+    config: HeadendConfig,
+    inventory: Inventory,
+    storage: Storage,
+    clock: WallClock,
+    *,
+    task_status: trio.TaskStatus[Headend] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    accept_send, accept_recv = trio.open_memory_channel[AgentConnection](ACCEPT_BACKLOG)
+    async with accept_send, trio.open_nursery() as nursery:
+        store = await nursery.start(StoreActor(storage).run)
+        directory = await nursery.start(run_directory)
+        dispatches = await nursery.start(run_dispatch_supervisor)
+        assets = {a.id: await nursery.start(run_asset, a) for a in inventory.assets}
+        ctx = HeadendContext(config, inventory, clock, assets, directory, store, dispatches)
+        dispatches.ctx = ctx
+        await nursery.start(run_session_manager, ctx, accept_recv)
+        task_status.started(Headend(ctx, accept_send))

@@ -1,0 +1,295 @@
+"""The session actor: one per agent stream. Registration, routing, liveness.
+
+It owns the stream's outbound channel. Inbound messages are routed to asset actors (latest value),
+the store (history) and dispatch actors (acks); setpoints from dispatch actors arrive through its
+command inbox and go out in order. A session ends when the agent closes the stream, the link drops,
+nothing arrives for `heartbeat_timeout_s` (stale), or every asset it served was taken over; the reason
+is logged, shown in `/agents` and stored.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections import defaultdict
+
+import attrs
+import structlog
+import trio
+
+from der_actors.actors.asset import Connected, Disconnected, TelemetryArrived
+from der_actors.actors.context import HeadendContext
+from der_actors.messages import (
+    Heartbeat,
+    Register,
+    RegisterAck,
+    Rejection,
+    Setpoint,
+    SetpointAck,
+    Telemetry,
+    TelemetryBatch,
+)
+from der_actors.registration import review_register
+from der_actors.storage.base import HeartbeatRow, StoredPoint
+from der_actors.transport.link import AgentConnection
+from der_actors.views import SessionSummary
+
+log = structlog.get_logger("der.session")
+
+# Setpoints and takeover notices; a few per dispatch. Full means the agent is not draining its stream;
+# the dispatch then fails fast instead of queueing behind a stuck peer.
+COMMAND_INBOX = 256
+LINK_ERRORS = (trio.BrokenResourceError, trio.ClosedResourceError)
+
+
+@attrs.frozen
+class _LostAsset:
+    asset_id: str
+    reason: str
+
+
+@attrs.frozen
+class _Close:
+    reason: str
+
+
+class SessionHandle:
+    """Others' view of a session. Attributes are written by the session actor only."""
+
+    def __init__(self, session_id: str, peer: str, commands: trio.MemorySendChannel) -> None:
+        self.session_id = session_id
+        self.peer = peer
+        self._commands = commands
+        self.summary: SessionSummary | None = None  # set once registered
+        self.is_gateway = False
+        self.last_seen = 0.0
+        self.points = 0
+        self.ignored_points = 0
+
+    def send_setpoint(self, setpoint: Setpoint) -> bool:
+        """Queue a setpoint for the agent; False when the session cannot take it (closing or stuck)."""
+        try:
+            self._commands.send_nowait(setpoint)
+            return True
+        except (trio.WouldBlock, *LINK_ERRORS):
+            return False
+
+    def lost_asset(self, asset_id: str, reason: str) -> None:
+        try:
+            self._commands.send_nowait(_LostAsset(asset_id, reason))
+        except (trio.WouldBlock, *LINK_ERRORS):
+            pass  # the routing table is authoritative; this notice only closes the stream early
+
+    def close(self, reason: str) -> None:
+        try:
+            self._commands.send_nowait(_Close(reason))
+        except (trio.WouldBlock, *LINK_ERRORS):
+            pass
+
+
+@attrs.define
+class Session:
+    ctx: HeadendContext
+    conn: AgentConnection
+    handle: SessionHandle
+    commands: trio.MemoryReceiveChannel
+    primary_asset_id: str = ""
+    site_id: str = ""
+    owned: set[str] = attrs.field(factory=set)
+    _warned: set[str] = attrs.field(factory=set)
+    _end_reason: str = ""
+    _stop: trio.CancelScope | None = None
+
+    # --- lifecycle -----------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        reason = "closed by headend"
+        try:
+            reason = await self._serve()
+        except LINK_ERRORS:
+            reason = "stream closed"
+        finally:
+            with trio.CancelScope(shield=True):
+                await self._cleanup(reason)
+
+    async def _serve(self) -> str:
+        ctx, conn = self.ctx, self.conn
+        with trio.move_on_after(ctx.config.heartbeat_timeout_s):
+            try:
+                first = await conn.inbound.receive()
+            except trio.EndOfChannel:
+                return "stream closed before register"
+            return await self._registered(first)
+        return f"no register within {ctx.config.heartbeat_timeout_s:g} s"
+
+    async def _registered(self, first: object) -> str:
+        ctx, conn, handle = self.ctx, self.conn, self.handle
+        if not isinstance(first, Register):
+            log.warning("protocol_error", peer=handle.peer, reason="first message is not register", got=type(first).__name__)
+            return "protocol error: first message must be register"
+        review = review_register(first, ctx.inventory)
+        if review.refusal:
+            log.warning("session_refused", peer=handle.peer, gateway_id=first.gateway_id, reason=review.refusal)
+            await conn.outbound.send(
+                RegisterAck(handle.session_id, (), tuple(Rejection(a, review.refusal) for a in [first.asset_id] if a))
+            )
+            return f"refused: {review.refusal}"
+        for r in review.rejected:
+            log.warning(
+                "claim_rejected", asset_id=r.asset_id, site_id=first.site_id, session_id=handle.session_id,
+                peer=handle.peer, gateway_id=first.gateway_id, reason=r.reason,
+            )
+        now = ctx.clock.now()
+        self.primary_asset_id = first.asset_id
+        self.site_id = first.site_id
+        self.owned = set(review.accepted)
+        summary = SessionSummary(
+            session_id=handle.session_id, agent_id=first.agent_id, gateway_id=first.gateway_id or first.agent_id,
+            site_id=first.site_id, peer=handle.peer, connected_at=now, asset_ids=review.accepted,
+        )
+        handle.summary, handle.is_gateway, handle.last_seen = summary, review.is_gateway, now
+        if review.accepted:
+            await ctx.directory.claim(handle, review.accepted)
+            for asset_id in review.accepted:
+                await ctx.assets[asset_id].send(Connected(summary))
+        ctx.store.record_session(summary)
+        await conn.outbound.send(RegisterAck(handle.session_id, review.accepted, review.rejected))
+        log.info(
+            "session_connected", session_id=handle.session_id, peer=handle.peer, gateway_id=summary.gateway_id,
+            site_id=summary.site_id, accepted=len(review.accepted), rejected=len(review.rejected),
+            agent_version=first.agent_version,
+        )
+        if not review.accepted:
+            return "no asset accepted"
+        reason = ""
+        async with trio.open_nursery() as nursery:
+            self._stop = nursery.cancel_scope
+            nursery.start_soon(self._commands_loop)
+            nursery.start_soon(self._heartbeat_loop)
+            reason = await self._inbound_loop()
+            nursery.cancel_scope.cancel()
+        return self._end_reason or reason
+
+    def _end(self, reason: str) -> None:
+        """End the session from one of its loops (the first reason wins)."""
+        self._end_reason = self._end_reason or reason
+        self._stop.cancel()
+
+    async def _cleanup(self, reason: str) -> None:
+        ctx, handle = self.ctx, self.handle
+        self.conn.outbound.close()
+        if handle.summary is None:
+            log.info("session_closed", session_id=handle.session_id, peer=handle.peer, reason=reason)
+            return
+        now = ctx.clock.now()
+        asset_ids = handle.summary.asset_ids
+        await ctx.directory.release(handle.session_id, asset_ids)
+        for asset_id in asset_ids:
+            await ctx.assets[asset_id].send(Disconnected(handle.session_id, now, reason))
+        ctx.store.record_session(attrs.evolve(handle.summary, disconnected_at=now, reason=reason))
+        log.info(
+            "session_closed", session_id=handle.session_id, peer=handle.peer, gateway_id=handle.summary.gateway_id,
+            site_id=handle.summary.site_id, reason=reason, points=handle.points,
+        )
+
+    # --- the loops -----------------------------------------------------------------------------
+
+    async def _inbound_loop(self) -> str:
+        timeout = self.ctx.config.heartbeat_timeout_s
+        with trio.CancelScope(deadline=trio.current_time() + timeout) as stale:
+            while True:
+                try:
+                    msg = await self.conn.inbound.receive()
+                except trio.EndOfChannel:
+                    return "stream closed by agent"
+                stale.deadline = trio.current_time() + timeout
+                self.handle.last_seen = self.ctx.clock.now()
+                await self._on_message(msg)
+        return f"stale: no message for {timeout:g} s"
+
+    async def _on_message(self, msg: object) -> None:
+        if isinstance(msg, TelemetryBatch):
+            await self._on_points(msg.points)
+        elif isinstance(msg, Telemetry):
+            await self._on_points((msg,))
+        elif isinstance(msg, Heartbeat):
+            s = self.handle.summary
+            self.ctx.store.record_heartbeat(
+                HeartbeatRow(s.session_id, s.gateway_id, s.site_id, tuple(sorted(self.owned)), msg.timestamp, self.handle.last_seen)
+            )
+        elif isinstance(msg, SetpointAck):
+            self.ctx.dispatches.route_ack(msg, self.handle.session_id)
+        else:
+            log.warning("protocol_error", session_id=self.handle.session_id, peer=self.handle.peer,
+                        reason="unexpected message after register", got=type(msg).__name__)
+
+    async def _on_points(self, points: tuple[Telemetry, ...]) -> None:
+        now = self.handle.last_seen
+        owners = self.ctx.directory.owners
+        session_id = self.handle.session_id
+        by_asset: dict[str, list[Telemetry]] = defaultdict(list)
+        for p in points:
+            if not p.asset_id:  # legacy: belongs to the session's primary asset
+                p = attrs.evolve(p, asset_id=self.primary_asset_id, site_id=p.site_id or self.site_id)
+            by_asset[p.asset_id].append(p)
+        stored: list[StoredPoint] = []
+        for asset_id, group in by_asset.items():
+            if owners.get(asset_id) != session_id:
+                self.handle.ignored_points += len(group)
+                if asset_id not in self._warned:
+                    self._warned.add(asset_id)
+                    log.warning("telemetry_ignored", asset_id=asset_id, session_id=session_id, peer=self.handle.peer,
+                                reason="asset not served by this session")
+                continue
+            await self.ctx.assets[asset_id].send(TelemetryArrived(tuple(group), now))
+            stored.extend(StoredPoint(p, now) for p in group)
+        self.handle.points += len(stored)
+        if stored:
+            self.ctx.store.record_points(stored)
+
+    async def _commands_loop(self) -> None:
+        async for cmd in self.commands:
+            if isinstance(cmd, Setpoint):
+                await self._send(cmd)
+            elif isinstance(cmd, _LostAsset):
+                self.owned.discard(cmd.asset_id)
+                await self.ctx.assets[cmd.asset_id].send(Disconnected(self.handle.session_id, self.ctx.clock.now(), cmd.reason))
+                if not self.owned:
+                    self._end("every asset taken over by a newer session")
+            elif isinstance(cmd, _Close):
+                self._end(cmd.reason)
+
+    async def _heartbeat_loop(self) -> None:
+        while True:
+            await trio.sleep(self.ctx.config.heartbeat_interval_s)
+            await self._send(Heartbeat(self.ctx.clock.now()))
+
+    async def _send(self, msg: object) -> None:
+        try:
+            await self.conn.outbound.send(msg)
+        except LINK_ERRORS:
+            self._end("stream closed")
+
+
+async def run_session(ctx: HeadendContext, conn: AgentConnection) -> None:
+    """Serve one agent stream until it ends. Never raises: a session's failure ends only that stream."""
+    commands_send, commands_recv = trio.open_memory_channel(COMMAND_INBOX)
+    handle = SessionHandle(str(uuid.uuid4()), conn.peer, commands_send)
+    try:
+        async with commands_send, commands_recv:
+            await Session(ctx, conn, handle, commands_recv).run()
+    except Exception:  # our bug: log it loudly, keep the headend serving every other session
+        log.exception("session_crashed", session_id=handle.session_id, peer=conn.peer)
+        conn.outbound.close()
+
+
+async def run_session_manager(
+    ctx: HeadendContext,
+    accept: trio.MemoryReceiveChannel[AgentConnection],
+    *,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Start a session actor for every connection a transport accepts."""
+    async with accept, trio.open_nursery() as nursery:
+        task_status.started()
+        async for conn in accept:
+            nursery.start_soon(run_session, ctx, conn)

@@ -1,0 +1,84 @@
+"""Bounded in-memory history (`DATABASE_URL=memory://`): for tests and demos, gone on restart."""
+
+from __future__ import annotations
+
+from collections import OrderedDict, deque
+
+import attrs
+
+from der_actors.storage.base import HeartbeatRow, StoredPoint, WriteBatch
+from der_actors.views import DispatchView, SessionSummary
+
+
+@attrs.define
+class MemoryStorage:
+    points_per_asset: int = 10_000
+    max_records: int = 10_000  # dispatches, sessions and heartbeats each
+    blocking: bool = False
+    # asset_id -> seq -> point, oldest first; keyed by seq so a replayed point is stored once
+    _points: dict[str, OrderedDict[int, StoredPoint]] = attrs.field(factory=dict)
+    _dispatches: OrderedDict[str, DispatchView] = attrs.field(factory=OrderedDict)
+    _sessions: OrderedDict[str, SessionSummary] = attrs.field(factory=OrderedDict)
+    _heartbeats: deque[HeartbeatRow] = attrs.field(init=False)
+
+    def __attrs_post_init__(self) -> None:
+        self._heartbeats = deque(maxlen=self.max_records)
+
+    def write(self, batch: WriteBatch) -> None:
+        for sp in batch.points:
+            series = self._points.setdefault(sp.point.asset_id, OrderedDict())
+            if sp.point.seq in series:
+                continue
+            series[sp.point.seq] = sp
+            if len(series) > self.points_per_asset:
+                series.popitem(last=False)
+        for d in batch.dispatches:
+            self._dispatches[d.dispatch_id] = d
+            if len(self._dispatches) > self.max_records:
+                self._dispatches.popitem(last=False)
+        for s in batch.sessions:
+            self._sessions[s.session_id] = s
+            if len(self._sessions) > self.max_records:
+                self._sessions.popitem(last=False)
+        self._heartbeats.extend(batch.heartbeats)
+
+    def telemetry_history(self, asset_id, since, until, limit):
+        rows = sorted(self._points.get(asset_id, {}).values(), key=lambda r: (r.point.timestamp, r.point.seq))
+        out = []
+        for r in reversed(rows):
+            if until is not None and r.point.timestamp > until:
+                continue
+            if since is not None and r.point.timestamp < since:
+                break
+            out.append(r)
+            if len(out) >= limit:
+                break
+        return out
+
+    def dispatch(self, dispatch_id):
+        return self._dispatches.get(dispatch_id)
+
+    def dispatch_history(self, asset_id, site_id, limit):
+        out = []
+        for d in reversed(self._dispatches.values()):
+            if asset_id is not None and d.asset_id != asset_id and all(
+                a.asset_id != asset_id for a in d.allocations
+            ):
+                continue
+            if site_id is not None and d.site_id != site_id:
+                continue
+            out.append(d)
+            if len(out) >= limit:
+                break
+        return out
+
+    def heartbeats(self, asset_id, limit):
+        out = [h for h in reversed(self._heartbeats) if asset_id in h.asset_ids]
+        return out[:limit]
+
+    def sessions(self, asset_id, limit):
+        out = [s for s in reversed(self._sessions.values()) if asset_id in s.asset_ids]
+        return out[:limit]
+
+    def close(self) -> None:
+        pass

@@ -1,0 +1,163 @@
+"""purerpc 0.8.0 made fit for production on h2 4.x (DESIGN.md section 5).
+
+We use purerpc's HTTP/2 + gRPC framing (GRPCProtoSocket) and replace its server and client wrappers,
+which is where its defects live:
+
+- h2 4.x renamed `PingAcknowledged` to `PingAckReceived`: aliased before purerpc is imported.
+- a killed peer was never noticed: when a socket's reader ends, every stream on it is ended, so a
+  pending `receive_message` returns None instead of blocking forever;
+- RST_STREAM was ignored: it now ends the stream the same way;
+- sockets were never closed: `serve_grpc` and `dial_grpc` close what they open;
+- `Server` bound all interfaces with `reuse_port`: `serve_grpc` binds the configured host itself;
+- a bare `except:` swallowed cancellation: our handlers catch `Exception` only;
+- no peer address in handlers: `serve_grpc` passes it to the handler.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import socket
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import anyio
+import anyio.abc
+import h2.events
+import trio
+
+if not hasattr(h2.events, "PingAcknowledged"):  # h2 >= 4: renamed
+    h2.events.PingAcknowledged = h2.events.PingAckReceived  # type: ignore[attr-defined]
+
+from purerpc.grpc_proto import GRPCProtoSocket, GRPCProtoStream  # noqa: E402
+from purerpc.grpclib.config import GRPCConfiguration  # noqa: E402
+from purerpc.grpclib.connection import GRPCConnection  # noqa: E402
+from purerpc.grpclib.events import RequestEnded, RequestReceived, ResponseEnded  # noqa: E402
+from purerpc.grpclib.status import Status, StatusCode  # noqa: E402
+
+log = logging.getLogger(__name__)
+
+__all__ = ["GRPCProtoStream", "Status", "StatusCode", "serve_grpc", "dial_grpc", "StreamHandler"]
+
+
+def _stream_reset(self: GRPCConnection, event: h2.events.StreamReset) -> list:
+    # The peer abandoned the stream: end it for our reader instead of ignoring the frame. Only a
+    # stream still open for reading gets an end event (purerpc drops events for unknown streams badly).
+    if self.message_read_buffers.pop(event.stream_id, None) is None:
+        return []
+    if self.config.client_side:
+        return [ResponseEnded(event.stream_id, Status(StatusCode.CANCELLED, "stream reset by peer"))]
+    return [RequestEnded(event.stream_id)]
+
+
+GRPCConnection._stream_reset = _stream_reset  # type: ignore[method-assign]
+
+
+class _Socket(GRPCProtoSocket):
+    """A GRPCProtoSocket whose streams end when the connection's reader ends."""
+
+    def end_all_streams(self) -> None:
+        for stream in list(self._streams.values()):
+            stream._incoming_events[0].close()
+
+    async def _reader_thread(self) -> None:  # client side: purerpc's reader task
+        try:
+            async for _ in self._listen():
+                log.warning("grpc: server opened a stream on a client connection; ignored")
+        except Exception as exc:  # a broken socket is a dropped link, not our crash
+            log.debug("grpc client reader ended: %r", exc)
+        finally:
+            self.end_all_streams()
+
+
+async def receive_message(stream: GRPCProtoStream):
+    """The next message, or None when the stream ended (peer closed, reset, or connection lost)."""
+    try:
+        return await stream.receive_message()
+    except (anyio.EndOfStream, anyio.ClosedResourceError, trio.EndOfChannel, trio.ClosedResourceError):
+        return None
+
+
+StreamHandler = Callable[[GRPCProtoStream, RequestReceived, str], Awaitable[None]]
+
+
+def _peer_of(sock: anyio.abc.SocketStream) -> str:
+    try:
+        addr = sock.extra(anyio.abc.SocketAttribute.remote_address)
+    except Exception:
+        return "unknown"
+    if isinstance(addr, tuple):
+        host, port = addr[0], addr[1]
+        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return str(addr)
+
+
+async def _serve_connection(sock: anyio.abc.SocketStream, handler: StreamHandler) -> None:
+    peer = _peer_of(sock)
+    async with sock:
+        try:
+            async with _Socket(GRPCConfiguration(client_side=False), sock) as grpc_socket:
+                async with trio.open_nursery() as nursery:
+                    async for stream in grpc_socket.listen():
+                        nursery.start_soon(_serve_stream, handler, stream, peer)
+                    # The socket's reader ended: the peer is gone. End every stream so handlers
+                    # reading them finish, rather than waiting forever.
+                    grpc_socket.end_all_streams()
+        except Exception as exc:
+            log.info("grpc connection from %s ended: %r", peer, exc)
+
+
+async def _serve_stream(handler: StreamHandler, stream: GRPCProtoStream, peer: str) -> None:
+    try:
+        await stream.start_response()
+        event = await stream.receive_event()
+        if not isinstance(event, RequestReceived):
+            await stream.close(Status(StatusCode.INTERNAL, "expected request headers"))
+            return
+        await handler(stream, event, peer)
+    except Exception as exc:
+        log.info("grpc stream from %s ended with %r", peer, exc)
+        with contextlib.suppress(Exception):
+            await stream.close(Status(StatusCode.INTERNAL, "stream handler failed"))
+
+
+async def serve_grpc(
+    host: str,
+    port: int,
+    handler: StreamHandler,
+    *,
+    task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Listen on host:port (port 0 picks one) and run `handler(stream, request, peer)` per stream.
+
+    `task_status.started(port)` reports the bound port once listening.
+    """
+    listener = await anyio.create_tcp_listener(local_host=host, local_port=port)
+    async with listener:
+        bound = listener.extra(anyio.abc.SocketAttribute.local_port)
+        task_status.started(bound)
+        await listener.serve(lambda sock: _serve_connection(sock, handler))
+
+
+@contextlib.asynccontextmanager
+async def dial_grpc(
+    host: str, port: int, service: str, method: str, request_type: type, response_type: type
+) -> AsyncIterator[GRPCProtoStream]:
+    """Open one bidirectional stream to host:port; the connection is closed on exit."""
+    try:
+        sock = await anyio.connect_tcp(host, port)
+    except OSError as exc:
+        raise ConnectionRefusedError(f"cannot connect to {host}:{port}: {exc}") from exc
+    sock.extra(anyio.abc.SocketAttribute.raw_socket).setsockopt(
+        socket.IPPROTO_TCP, socket.TCP_NODELAY, 1
+    )
+    async with sock:
+        async with _Socket(GRPCConfiguration(client_side=True), sock) as grpc_socket:
+            stream = await grpc_socket.start_request(
+                "http",
+                service,
+                method,
+                request_type.DESCRIPTOR.full_name,
+                f"{host}:{port}",
+            )
+            stream.expect_message_type(response_type)
+            yield stream
