@@ -113,13 +113,15 @@ class Session:
 
     async def _serve(self) -> str:
         ctx, conn = self.ctx, self.conn
+        first = None
         with trio.move_on_after(ctx.config.heartbeat_timeout_s):
             try:
                 first = await conn.inbound.receive()
             except trio.EndOfChannel:
                 return "stream closed before register"
-            return await self._registered(first)
-        return f"no register within {ctx.config.heartbeat_timeout_s:g} s"
+        if first is None:
+            return f"no register within {ctx.config.heartbeat_timeout_s:g} s"
+        return await self._registered(first)
 
     async def _registered(self, first: object) -> str:
         ctx, conn, handle = self.ctx, self.conn, self.handle

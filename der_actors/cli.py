@@ -1,0 +1,51 @@
+"""`der-headend`: parse settings, load the inventory, serve until SIGINT/SIGTERM."""
+
+from __future__ import annotations
+
+import signal
+import sys
+
+import trio
+
+from der_actors import logs
+from der_actors.config import ConfigError, load_settings
+from der_actors.inventory import InventoryError, load_inventory
+from der_actors.server import run_server
+from der_actors.storage import StorageConfigError, open_storage
+
+
+async def _serve(settings, inventory, storage) -> None:
+    """Serve until SIGINT/SIGTERM: the first signal shuts down gracefully, a second one at once."""
+    shutdown = trio.Event()
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with trio.open_nursery() as nursery:
+
+            async def watch_signals() -> None:
+                async for _ in signals:
+                    if shutdown.is_set():
+                        nursery.cancel_scope.cancel()
+                    shutdown.set()
+
+            nursery.start_soon(watch_signals)
+            await run_server(settings, inventory, storage, shutdown=shutdown)
+            nursery.cancel_scope.cancel()
+
+
+def main(argv: list[str] | None = None) -> None:
+    try:
+        settings = load_settings(argv)
+        logs.configure(settings.log_format)
+        inventory = load_inventory(settings.assets_path)
+        storage = open_storage(settings.database_url)
+    except (ConfigError, StorageConfigError) as exc:
+        sys.exit(f"der-headend: {exc}")
+    except InventoryError as exc:
+        sys.exit(f"der-headend: {settings.assets_path} is not valid:\n{exc}")
+    try:
+        trio.run(_serve, settings, inventory, storage)
+    finally:
+        storage.close()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,134 @@
+"""Validation of operator requests (pure). Every refusal names the field and says why.
+
+`RequestError` carries the HTTP status the REST layer answers with: 400 for a malformed request,
+404 for a target that does not exist.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import math
+import uuid
+
+import attrs
+
+from der_actors.dispatching import DispatchRequest
+from der_actors.model import Inventory
+
+
+@attrs.frozen
+class RequestError(Exception):
+    status: int
+    code: str
+    message: str
+    field: str | None = None
+
+
+DISPATCH_FIELDS = {"asset_id", "site_id", "mw", "duration_s"}
+MAX_HISTORY_LIMIT = 10_000
+
+
+def parse_json(body: bytes) -> object:
+    try:
+        return json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise RequestError(400, "malformed_json", f"request body is not valid JSON: {exc}") from None
+
+
+def _number(value: object, field: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise RequestError(400, "invalid_field", f"must be a number, got {type(value).__name__}", field)
+    if not math.isfinite(value):
+        raise RequestError(400, "invalid_field", "must be a finite number", field)
+    return float(value)
+
+
+def _uuid(value: object, field: str) -> str:
+    if not isinstance(value, str):
+        raise RequestError(400, "invalid_field", f"must be a UUID string, got {type(value).__name__}", field)
+    try:
+        return str(uuid.UUID(value))
+    except ValueError:
+        raise RequestError(400, "invalid_field", f"must be a UUID, got {value!r}", field) from None
+
+
+def parse_dispatch(body: object, inventory: Inventory) -> DispatchRequest:
+    if not isinstance(body, dict):
+        raise RequestError(400, "invalid_body", f"body must be a JSON object, got {type(body).__name__}")
+    unknown = sorted(set(body) - DISPATCH_FIELDS)
+    if unknown:
+        raise RequestError(400, "unknown_field", f"unknown field (allowed: {', '.join(sorted(DISPATCH_FIELDS))})", unknown[0])
+    has_asset, has_site = body.get("asset_id") is not None, body.get("site_id") is not None
+    if not has_asset and not has_site:
+        raise RequestError(400, "missing_field", "give asset_id or site_id", "asset_id")
+    if "mw" not in body:
+        raise RequestError(400, "missing_field", "required", "mw")
+    mw = _number(body["mw"], "mw")
+    duration_s = 0.0
+    if body.get("duration_s") is not None:
+        duration_s = _number(body["duration_s"], "duration_s")
+        if duration_s < 0:
+            raise RequestError(400, "invalid_field", "must be >= 0 (0 = hold until replaced)", "duration_s")
+    if has_asset:  # an asset target wins, as on the wire; a site_id beside it must match
+        asset_id = _uuid(body["asset_id"], "asset_id")
+        asset = inventory.asset(asset_id)
+        if asset is None:
+            raise RequestError(404, "unknown_asset", f"no asset {asset_id}", "asset_id")
+        if has_site and _uuid(body["site_id"], "site_id") != asset.site_id:
+            raise RequestError(400, "invalid_field", f"asset {asset_id} belongs to site {asset.site_id}", "site_id")
+        return DispatchRequest(mw=mw, asset_id=asset_id, duration_s=duration_s)
+    site_id = _uuid(body["site_id"], "site_id")
+    if inventory.site(site_id) is None:
+        raise RequestError(404, "unknown_site", f"no site {site_id}", "site_id")
+    return DispatchRequest(mw=mw, site_id=site_id, duration_s=duration_s)
+
+
+def parse_limit(raw: str | None, default: int = 100, maximum: int = MAX_HISTORY_LIMIT) -> int:
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise RequestError(400, "invalid_parameter", f"must be an integer, got {raw!r}", "limit") from None
+    if not 1 <= value <= maximum:
+        raise RequestError(400, "invalid_parameter", f"must be between 1 and {maximum}", "limit")
+    return value
+
+
+def parse_time(raw: str | None, field: str) -> float | None:
+    """RFC 3339 (`2026-11-23T10:00:00Z`) or seconds since the epoch."""
+    if raw is None:
+        return None
+    try:
+        return float(raw) if raw.replace(".", "", 1).isdigit() else _rfc3339(raw)
+    except ValueError:
+        raise RequestError(400, "invalid_parameter", f"must be RFC 3339 or epoch seconds, got {raw!r}", field) from None
+
+
+def _rfc3339(raw: str) -> float:
+    parsed = dt.datetime.fromisoformat(raw.replace("Z", "+00:00").replace("z", "+00:00"))
+    if parsed.tzinfo is None:
+        raise ValueError("no time zone")
+    return parsed.timestamp()
+
+
+def parse_mw_param(raw: str | None) -> float:
+    if raw is None:
+        raise RequestError(400, "missing_parameter", "required", "mw")
+    try:
+        value = float(raw)
+    except ValueError:
+        raise RequestError(400, "invalid_parameter", f"must be a number, got {raw!r}", "mw") from None
+    if not math.isfinite(value):
+        raise RequestError(400, "invalid_parameter", "must be a finite number", "mw")
+    return value
+
+
+def parse_uuid_param(raw: str | None, field: str) -> str | None:
+    if raw is None:
+        return None
+    try:
+        return str(uuid.UUID(raw))
+    except ValueError:
+        raise RequestError(400, "invalid_parameter", f"must be a UUID, got {raw!r}", field) from None

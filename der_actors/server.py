@@ -1,0 +1,60 @@
+"""Run a whole headend: actors, the agent gRPC server and the REST server, in one trio nursery."""
+
+from __future__ import annotations
+
+import attrs
+import structlog
+import trio
+from hypercorn.config import Config as HypercornConfig
+from hypercorn.trio import serve as serve_http
+
+from der_actors.actors.context import HeadendConfig
+from der_actors.actors.headend import Headend, run_headend
+from der_actors.clock import WallClock
+from der_actors.config import HeadendSettings
+from der_actors.model import Inventory
+from der_actors.storage.base import Storage
+from der_actors.transport.grpc_server import serve_agents
+from der_actors.transport.rest import create_app
+
+log = structlog.get_logger("der.headend")
+
+
+@attrs.frozen
+class RunningHeadend:
+    headend: Headend
+    http_url: str
+    grpc_port: int
+
+
+async def run_server(
+    settings: HeadendSettings,
+    inventory: Inventory,
+    storage: Storage,
+    *,
+    shutdown: trio.Event | None = None,
+    task_status: trio.TaskStatus[RunningHeadend] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve until `shutdown` is set (then stop accepting, flush history for up to 5 s, and return)."""
+    shutdown = shutdown if shutdown is not None else trio.Event()
+    config = HeadendConfig(
+        heartbeat_timeout_s=settings.heartbeat_timeout_s,
+        dispatch_ack_timeout_s=settings.dispatch_ack_timeout_s,
+    )
+    async with trio.open_nursery() as nursery:
+        headend = await nursery.start(run_headend, config, inventory, storage, WallClock.calibrated())
+        grpc_port = await nursery.start(serve_agents, settings.grpc_host, settings.grpc_port, headend.accept.clone())
+        http = HypercornConfig()
+        http.bind = [f"{settings.http_host}:{settings.http_port}"]
+        http.accesslog = None
+        http.errorlog = None
+        binds = await nursery.start(serve_http, create_app(headend), http)
+        running = RunningHeadend(headend, binds[0], grpc_port)
+        log.info("headend_started", http=running.http_url, grpc=f"{settings.grpc_host}:{grpc_port}",
+                 assets=len(inventory.assets), sites=len(inventory.sites))
+        task_status.started(running)
+        await shutdown.wait()
+        log.info("headend_stopping")
+        with trio.move_on_after(5):
+            await headend.ctx.store.flushed()
+        nursery.cancel_scope.cancel()
