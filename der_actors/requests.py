@@ -27,21 +27,32 @@ class RequestError(Exception):
 
 DISPATCH_FIELDS = {"asset_id", "site_id", "mw", "duration_s"}
 MAX_HISTORY_LIMIT = 10_000
+# A sanity bound on any MW figure an operator sends (1 TW, far past any site). Finite floats beyond
+# it overflow the site split's kW arithmetic; refusing them here keeps bad input a 400, never a 500.
+MAX_ABS_MW = 1_000_000.0
 
 
 def parse_json(body: bytes) -> object:
+    # ValueError covers JSONDecodeError and UnicodeDecodeError, and also an integer literal longer
+    # than Python's int-string limit; RecursionError is a deeply nested body. Both are bad input.
     try:
         return json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except ValueError as exc:
         raise RequestError(400, "malformed_json", f"request body is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise RequestError(400, "malformed_json", "request body is not valid JSON: nested too deeply") from None
 
 
 def _number(value: object, field: str) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise RequestError(400, "invalid_field", f"must be a number, got {type(value).__name__}", field)
-    if not math.isfinite(value):
+    try:
+        number = float(value)
+    except OverflowError:  # an integer too large for a float
+        raise RequestError(400, "invalid_field", "must be a finite number", field) from None
+    if not math.isfinite(number):
         raise RequestError(400, "invalid_field", "must be a finite number", field)
-    return float(value)
+    return number
 
 
 def _uuid(value: object, field: str) -> str:
@@ -65,6 +76,8 @@ def parse_dispatch(body: object, inventory: Inventory) -> DispatchRequest:
     if "mw" not in body:
         raise RequestError(400, "missing_field", "required", "mw")
     mw = _number(body["mw"], "mw")
+    if abs(mw) > MAX_ABS_MW:
+        raise RequestError(400, "invalid_field", f"must be between {-MAX_ABS_MW:g} and {MAX_ABS_MW:g}", "mw")
     duration_s = 0.0
     if body.get("duration_s") is not None:
         duration_s = _number(body["duration_s"], "duration_s")
@@ -122,6 +135,8 @@ def parse_mw_param(raw: str | None) -> float:
         raise RequestError(400, "invalid_parameter", f"must be a number, got {raw!r}", "mw") from None
     if not math.isfinite(value):
         raise RequestError(400, "invalid_parameter", "must be a finite number", "mw")
+    if abs(value) > MAX_ABS_MW:
+        raise RequestError(400, "invalid_parameter", f"must be between {-MAX_ABS_MW:g} and {MAX_ABS_MW:g}", "mw")
     return value
 
 

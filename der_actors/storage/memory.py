@@ -6,7 +6,8 @@ from collections import OrderedDict, deque
 
 import attrs
 
-from der_actors.storage.base import HeartbeatRow, StoredPoint, WriteBatch
+from der_actors.model import Inventory
+from der_actors.storage.base import HeartbeatRow, StoredPoint, WriteBatch, dispatch_asset_ids
 from der_actors.views import DispatchView, SessionSummary
 
 
@@ -20,16 +21,19 @@ class MemoryStorage:
     _dispatches: OrderedDict[str, DispatchView] = attrs.field(factory=OrderedDict)
     _sessions: OrderedDict[str, SessionSummary] = attrs.field(factory=OrderedDict)
     _heartbeats: deque[HeartbeatRow] = attrs.field(init=False)
+    inventory: Inventory | None = None
 
     def __attrs_post_init__(self) -> None:
         self._heartbeats = deque(maxlen=self.max_records)
 
-    def write(self, batch: WriteBatch) -> None:
+    def write(self, batch: WriteBatch) -> int:
+        new = 0
         for sp in batch.points:
             series = self._points.setdefault(sp.point.asset_id, OrderedDict())
             if sp.point.seq in series:
                 continue
             series[sp.point.seq] = sp
+            new += 1
             if len(series) > self.points_per_asset:
                 series.popitem(last=False)
         for d in batch.dispatches:
@@ -41,6 +45,27 @@ class MemoryStorage:
             if len(self._sessions) > self.max_records:
                 self._sessions.popitem(last=False)
         self._heartbeats.extend(batch.heartbeats)
+        return new
+
+    def save_inventory(self, inventory: Inventory) -> None:
+        self.inventory = inventory
+
+    def reset(self) -> None:
+        self._points.clear()
+        self._dispatches.clear()
+        self._sessions.clear()
+        self._heartbeats.clear()
+
+    def prune(self, before: float, max_rows: int) -> int:
+        gone = 0
+        for series in self._points.values():
+            for seq in [seq for seq, sp in series.items() if sp.point.timestamp < before][: max_rows - gone]:
+                del series[seq]
+                gone += 1
+        while gone < max_rows and self._heartbeats and self._heartbeats[0].received_at < before:
+            self._heartbeats.popleft()
+            gone += 1
+        return gone
 
     def telemetry_history(self, asset_id, since, until, limit):
         rows = sorted(self._points.get(asset_id, {}).values(), key=lambda r: (r.point.timestamp, r.point.seq))
@@ -58,26 +83,24 @@ class MemoryStorage:
     def dispatch(self, dispatch_id):
         return self._dispatches.get(dispatch_id)
 
+    # Newest first as the SQL engines order: by time, then latest first write (sorts are stable).
+
     def dispatch_history(self, asset_id, site_id, limit):
-        out = []
-        for d in reversed(self._dispatches.values()):
-            if asset_id is not None and d.asset_id != asset_id and all(
-                a.asset_id != asset_id for a in d.allocations
-            ):
-                continue
-            if site_id is not None and d.site_id != site_id:
-                continue
-            out.append(d)
-            if len(out) >= limit:
-                break
-        return out
+        out = [
+            d for d in reversed(self._dispatches.values())
+            if (asset_id is None or asset_id in dispatch_asset_ids(d)) and (site_id is None or d.site_id == site_id)
+        ]
+        out.sort(key=lambda d: d.lifecycle.history[0].at, reverse=True)
+        return out[:limit]
 
     def heartbeats(self, asset_id, limit):
         out = [h for h in reversed(self._heartbeats) if asset_id in h.asset_ids]
+        out.sort(key=lambda h: h.received_at, reverse=True)
         return out[:limit]
 
     def sessions(self, asset_id, limit):
         out = [s for s in reversed(self._sessions.values()) if asset_id in s.asset_ids]
+        out.sort(key=lambda s: s.connected_at, reverse=True)
         return out[:limit]
 
     def close(self) -> None:

@@ -30,7 +30,7 @@ from der_actors.messages import AgentMessage, HeadendMessage
 from der_actors.transport import codec
 from der_actors.transport.link import LINK_BUFFER, EdgeConnection
 from der_actors.transport.pb import agent_pb2 as pb
-from der_actors.transport.purerpc_compat import dial_grpc, receive_message
+from der_actors.transport.purerpc_compat import GRPCProtoStream, dial_grpc, receive_message
 
 __all__ = ["LinkLost", "grpc_dialer", "SERVICE", "METHOD"]
 
@@ -98,7 +98,7 @@ async def _open(host: str, port: int) -> AsyncIterator[EdgeConnection]:
 
 
 async def _pump_up(
-    outbound: trio.MemoryReceiveChannel[AgentMessage], stream: object, done: trio.Event
+    outbound: trio.MemoryReceiveChannel[AgentMessage], stream: GRPCProtoStream, done: trio.Event
 ) -> None:
     try:
         async for msg in outbound:
@@ -111,7 +111,7 @@ async def _pump_up(
         done.set()
 
 
-async def _pump_down(stream: object, inbound: trio.MemorySendChannel[HeadendMessage]) -> None:
+async def _pump_down(stream: GRPCProtoStream, inbound: trio.MemorySendChannel[HeadendMessage]) -> None:
     async with inbound:  # closing it tells the uplink the stream ended
         while True:
             try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from der_actors import __version__
+from der_actors.requests import MAX_ABS_MW
 
 _ERR = {"$ref": "#/components/responses/Error"}
 
@@ -14,6 +15,7 @@ def _uuid_param(name: str, where: str = "path", description: str = "") -> dict:
 
 _LIMIT = {"name": "limit", "in": "query", "description": "rows to return (1 to 10,000; default 100)",
           "schema": {"type": "integer", "minimum": 1, "maximum": 10000, "default": 100}}
+_MW = {"type": "number", "minimum": -MAX_ABS_MW, "maximum": MAX_ABS_MW}
 _TIME = {"type": "string", "description": "RFC 3339 (2026-11-23T10:00:00Z) or epoch seconds"}
 
 
@@ -69,7 +71,7 @@ def openapi_document() -> dict:
                 ok={"description": "OK", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Dispatch"}}}}),
             "/sites/{site_id}/split": _get(
                 "Preview how a site setpoint would be split across its connected assets",
-                [_uuid_param("site_id"), {"name": "mw", "in": "query", "required": True, "schema": {"type": "number"}}]),
+                [_uuid_param("site_id"), {"name": "mw", "in": "query", "required": True, "schema": _MW}]),
             "/openapi.json": _get("This document", errors=()),
             "/docs": _get("This document, rendered", errors=(), ok={"description": "HTML", "content": {"text/html": {}}}),
         },
@@ -82,7 +84,7 @@ def openapi_document() -> dict:
                     "properties": {
                         "asset_id": {"type": "string", "format": "uuid", "description": "target asset (wins over site_id)"},
                         "site_id": {"type": "string", "format": "uuid", "description": "target site (split across its assets)"},
-                        "mw": {"type": "number", "description": "+ export/discharge, - import/charge"},
+                        "mw": {**_MW, "description": "+ export/discharge, - import/charge"},
                         "duration_s": {"type": "number", "minimum": 0, "description": "0 = hold until replaced"},
                     },
                 },

@@ -1,0 +1,204 @@
+"""One actor per asset: owns the asset's simulator state, ticks it, emits telemetry, applies setpoints.
+
+The actor's public surface is `AssetHandle`: `snapshot` (an immutable `AssetSnapshot`, published after
+every change) and `apply_setpoint` (a request/reply through the actor's mailbox).
+
+The actor runs under `supervise(...)`: `AssetActor.run` is one incarnation. Everything that must
+survive a crash (simulator state, last seq, the tick schedule) lives in the published snapshot, and a
+restarted incarnation continues from it, so seq never goes back and ticks stay on the same grid.
+A request that crashes the actor (a value physics refuses, which the setpoint router should have
+caught: our bug) makes the requester's `apply_setpoint` raise `AssetUnavailable`.
+
+Telemetry never blocks the actor: points go to the site's telemetry channel with `send_nowait`; when it
+is full (the uplink is stuck behind a slow link) the point is dropped and counted.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import attrs
+import structlog
+import trio
+
+from der_actors import physics
+from der_actors.clock import WallClock
+from der_actors.messages import PvDetails, Telemetry, WindDetails
+from der_actors.model import Asset, AssetType
+from der_actors.physics import SimState
+
+log = structlog.get_logger("der.edge")
+
+# Requests are request/reply, so each requester has at most one in flight; a handful is plenty.
+MAILBOX_SIZE = 16
+
+
+class AssetUnavailable(RuntimeError):
+    """The asset actor could not answer (it crashed while handling the request)."""
+
+
+@attrs.frozen
+class AssetSnapshot:
+    asset: Asset
+    state: SimState
+    seq: int  # seq of the last telemetry point produced (0: none yet)
+    online: bool  # False between a crash and the restart
+    last_step_at: float  # trio time of the last simulator step
+    next_tick_at: float  # trio time of the next telemetry tick
+
+
+@attrs.frozen
+class Applied:
+    mw: float  # the setpoint as applied (after clamping to what the asset can do)
+    clamped: bool
+
+
+@attrs.frozen
+class _ApplySetpoint:
+    mw: float
+    duration_s: float
+    reply: trio.MemorySendChannel[Applied]
+
+
+def telemetry_setpoint(asset: Asset, state: SimState) -> float:
+    """The `mw_setpoint` reported in telemetry.
+
+    An explicit setpoint is reported as is. PV, wind and EV chargers running without one (setpoint_mw
+    None) report what they would do unconstrained: the available power for PV and wind (from the
+    simulator's details), the current demand (= the output) for an EV charger. So `mw_setpoint` is
+    always the asset's effective target, and `mw < mw_setpoint` means it cannot reach it.
+    """
+    if state.setpoint_mw is not None:
+        return state.setpoint_mw
+    if asset.type in (AssetType.PV, AssetType.WIND) and isinstance(state.details, PvDetails | WindDetails):
+        return state.details.available_mw
+    return state.mw
+
+
+def make_point(asset: Asset, state: SimState, seq: int, timestamp: float) -> Telemetry:
+    return Telemetry(
+        asset_id=asset.id,
+        site_id=asset.site_id,
+        seq=seq,
+        timestamp=timestamp,
+        mw=state.mw,
+        mw_setpoint=telemetry_setpoint(asset, state),
+        online=True,
+        status=state.status,
+        details=state.details,
+    )
+
+
+class AssetActor:
+    """Create with the first tick time, run `run` under supervise, talk to it through `handle`."""
+
+    def __init__(
+        self,
+        asset: Asset,
+        *,
+        first_tick_at: float,
+        interval_s: float,
+        clock: WallClock,
+        telemetry: trio.MemorySendChannel[Telemetry],
+        on_drop: Callable[[int], None],
+    ) -> None:
+        self._asset = asset
+        self._interval_s = interval_s
+        self._clock = clock
+        self._telemetry = telemetry  # a clone owned by the site; never closed by an incarnation
+        self._on_drop = on_drop
+        self._mailbox_send, self._mailbox_recv = trio.open_memory_channel[_ApplySetpoint](MAILBOX_SIZE)
+        now = trio.current_time()
+        self._snapshot = AssetSnapshot(
+            asset=asset,
+            state=physics.initial_state(asset, clock.now()),
+            seq=0,
+            online=True,
+            last_step_at=now,
+            next_tick_at=first_tick_at,
+        )
+        self.handle = AssetHandle(self)
+
+    def close(self) -> None:
+        self._mailbox_send.close()
+        self._mailbox_recv.close()
+
+    async def run(self) -> None:
+        """One incarnation: tick on schedule, answer requests; returns when the mailbox is closed."""
+        self._publish(online=True)
+        try:
+            while True:
+                with trio.move_on_at(self._snapshot.next_tick_at) as timer:
+                    try:
+                        request = await self._mailbox_recv.receive()
+                    except (trio.EndOfChannel, trio.ClosedResourceError):
+                        return
+                if timer.cancelled_caught:
+                    self._tick()
+                else:
+                    self._handle(request)
+        except Exception:
+            self._publish(online=False)
+            raise
+
+    # --- the thin loop's steps ---------------------------------------------------------------------
+
+    def _step_to_now(self) -> SimState:
+        snap = self._snapshot
+        now = trio.current_time()
+        return physics.step(self._asset, snap.state, self._clock.now(), now - snap.last_step_at)
+
+    def _tick(self) -> None:
+        now = trio.current_time()
+        state = self._step_to_now()
+        seq = self._snapshot.seq + 1
+        next_tick = self._snapshot.next_tick_at + self._interval_s
+        while next_tick <= now:  # fell behind (a stalled process): skip the missed ticks
+            next_tick += self._interval_s
+        self._publish(state=state, seq=seq, last_step_at=now, next_tick_at=next_tick)
+        point = make_point(self._asset, state, seq, self._clock.now())
+        try:
+            self._telemetry.send_nowait(point)
+        except trio.WouldBlock:
+            self._on_drop(1)
+            log.warning("telemetry_overflow", asset_id=self._asset.id, seq=seq)
+
+    def _handle(self, request: _ApplySetpoint) -> None:
+        with request.reply:  # closed even if physics raises: the requester sees AssetUnavailable
+            state = self._step_to_now()
+            state, mw, clamped = physics.apply_setpoint(
+                self._asset, state, request.mw, request.duration_s, self._clock.now()
+            )
+            self._publish(state=state, last_step_at=trio.current_time())
+            try:
+                request.reply.send_nowait(Applied(mw, clamped))
+            except trio.BrokenResourceError:
+                pass  # the requester gave up (cancelled); the setpoint stands
+
+    def _publish(self, **changes: object) -> None:
+        self._snapshot = attrs.evolve(self._snapshot, **changes)
+
+
+class AssetHandle:
+    """The asset actor's public surface."""
+
+    def __init__(self, actor: AssetActor) -> None:
+        self._actor = actor
+
+    @property
+    def asset(self) -> Asset:
+        return self._actor._asset
+
+    @property
+    def snapshot(self) -> AssetSnapshot:
+        return self._actor._snapshot
+
+    async def apply_setpoint(self, mw: float, duration_s: float = 0.0) -> Applied:
+        """Apply a setpoint (clamped by physics); raises AssetUnavailable if the actor crashed on it."""
+        reply_send, reply_recv = trio.open_memory_channel[Applied](1)
+        with reply_recv:
+            await self._actor._mailbox_send.send(_ApplySetpoint(mw, duration_s, reply_send))
+            try:
+                return await reply_recv.receive()
+            except trio.EndOfChannel:
+                raise AssetUnavailable(f"asset {self.asset.id} failed to apply {mw!r} MW") from None

@@ -1,0 +1,50 @@
+"""`der-edge`: parse the config, configure logs, run the site over gRPC until SIGINT / SIGTERM.
+
+A bad configuration prints every problem on stderr (each naming its variable) and exits 2.
+A signal cancels the site: the stream's socket is closed, so the headend sees the agent leave at once.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+from collections.abc import Sequence
+
+import structlog
+import trio
+
+from der_actors import logs
+from der_actors.transport.grpc_client import grpc_dialer
+from edge.config import ConfigError, EdgeConfig, load_config
+from edge.site import run_site
+
+log = structlog.get_logger("der.edge")
+
+
+async def serve(config: EdgeConfig) -> None:
+    """Run the site until SIGINT or SIGTERM arrives."""
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(run_site, config, grpc_dialer(config.headend_host, config.headend_port))
+            async for signum in signals:
+                log.info("edge_stopping", signal=signal.Signals(signum).name)
+                nursery.cancel_scope.cancel()
+                break
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        config = load_config(argv)
+    except ConfigError as exc:
+        print("der-edge: invalid configuration:", file=sys.stderr)
+        for line in exc.errors:
+            print(f"  {line}", file=sys.stderr)
+        sys.exit(2)
+    logs.configure(config.log_format)
+    trio.run(serve, config)
+    log.info("edge_stopped")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

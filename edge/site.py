@@ -1,0 +1,91 @@
+"""The site supervisor: one actor per asset and the uplink, in one nursery.
+
+Supervision (see der_actors/actors/supervise.py for the policy): every asset actor and the uplink run
+under `supervise`, so one crashing asset never takes down its siblings or the link; a crash loop beyond
+the restart intensity propagates and stops the process (that is our bug, and hiding it would be worse).
+
+All asset actors tick on one grid (first tick at start + interval), so under MockClock they wake at the
+same instant and the uplink sends one TelemetryBatch per tick for the whole site.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+from collections.abc import Mapping
+
+import structlog
+import trio
+
+from der_actors.actors.supervise import supervise
+from der_actors.clock import WallClock
+from der_actors.messages import Telemetry
+from edge.asset import AssetActor, AssetHandle, AssetSnapshot
+from edge.config import EdgeConfig
+from edge.link import Dial, LinkStats, Uplink
+
+__all__ = ["SiteHandle", "run_site"]
+
+log = structlog.get_logger("der.edge")
+
+# The site's telemetry channel holds a few ticks' worth of points: enough to ride out a slow send,
+# small enough that a stuck link drops (and counts) points instead of growing memory.
+TELEMETRY_TICKS_BUFFERED = 4
+
+
+class SiteHandle:
+    """What a running site exposes: its config, its asset handles and the link's counters."""
+
+    def __init__(self, config: EdgeConfig, assets: Mapping[str, AssetHandle], stats: LinkStats) -> None:
+        self.config = config
+        self.assets = assets  # asset_id -> AssetHandle, in inventory order
+        self.stats = stats
+
+    def snapshot(self, asset_id: str) -> AssetSnapshot:
+        return self.assets[asset_id].snapshot
+
+
+async def run_site(
+    config: EdgeConfig,
+    dial: Dial,
+    *,
+    clock: WallClock | None = None,
+    rng: random.Random | None = None,
+    task_status: trio.TaskStatus[SiteHandle] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Run the site until cancelled. `task_status.started(SiteHandle)` once the asset actors exist."""
+    clock = clock or WallClock.calibrated()
+    rng = rng or random.Random()
+    stats = LinkStats()
+    first_tick = trio.current_time() + config.telemetry_interval_s
+    buffer = TELEMETRY_TICKS_BUFFERED * len(config.assets)
+    telemetry_send, telemetry_recv = trio.open_memory_channel[Telemetry](buffer)
+
+    with contextlib.ExitStack() as owned:
+        owned.enter_context(telemetry_recv)
+        with telemetry_send:  # fan-in: each actor gets a clone; the original closes right here
+            actors = [
+                AssetActor(
+                    asset,
+                    first_tick_at=first_tick,
+                    interval_s=config.telemetry_interval_s,
+                    clock=clock,
+                    telemetry=owned.enter_context(telemetry_send.clone()),
+                    on_drop=stats.drop,
+                )
+                for asset in config.assets
+            ]
+        for actor in actors:
+            owned.callback(actor.close)
+        handles = {a.handle.asset.id: a.handle for a in actors}
+        uplink = Uplink(config, dial, handles, telemetry_recv, clock=clock, rng=rng, stats=stats)
+
+        log.info("site_starting", site_id=config.site_id, site_name=config.site_name,
+                 agent_id=config.agent_id, assets=len(actors), headend=config.headend,
+                 mode="gateway" if config.gateway_mode else "single-asset")
+        async with trio.open_nursery() as nursery:
+            for actor in actors:
+                nursery.start_soon(supervise, f"asset:{actor.handle.asset.id}", actor.run)
+            nursery.start_soon(supervise, "uplink", uplink.run)
+            # The actors' mailboxes exist already, so requests sent now simply wait their turn.
+            task_status.started(SiteHandle(config, handles, stats))
