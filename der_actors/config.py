@@ -30,6 +30,7 @@ class HeadendSettings:
     reset_db: bool
     log_format: str
     dispatch_ack_timeout_s: float
+    telemetry_retention_days: float = 30.0
 
 
 # (env var, flag, default, help)
@@ -38,10 +39,12 @@ _OPTIONS = (
     ("HEADEND_GRPC_ADDR", "--grpc-addr", "127.0.0.1:50051", "agent gRPC listen address host:port"),
     ("ASSETS_PATH", "--assets", "assets.yaml", "inventory file"),
     ("HEARTBEAT_TIMEOUT_S", "--heartbeat-timeout-s", "90", "close a session silent this long"),
-    ("DATABASE_URL", "--database-url", "", "history store (unset: memory://)"),
+    ("DATABASE_URL", "--database-url", "",
+     "history store: sqlite:///path, postgresql://..., memory:// (unset: SQLite der_headend.sqlite3)"),
     ("RESET_DB", "--reset-db", "", "empty history tables at start-up (truthy)"),
     ("LOG_FORMAT", "--log-format", "kv", "kv or json"),
     ("DISPATCH_ACK_TIMEOUT_S", "--dispatch-ack-timeout-s", "10", "fail a dispatch with no outcome by then"),
+    ("TELEMETRY_RETENTION_DAYS", "--telemetry-retention-days", "30", "prune stored telemetry older than this"),
 )
 
 
@@ -58,11 +61,11 @@ def parse_addr(value: str, name: str) -> tuple[str, int]:
     return host.strip("[]"), number
 
 
-def _positive(value: str, name: str) -> float:
+def _positive(value: str, name: str, unit: str = "seconds") -> float:
     try:
         number = float(value)
     except ValueError:
-        raise ConfigError(f"{name}: must be a number of seconds, got {value!r}") from None
+        raise ConfigError(f"{name}: must be a number of {unit}, got {value!r}") from None
     if not math.isfinite(number) or number <= 0:
         raise ConfigError(f"{name}: must be > 0, got {value!r}")
     return number
@@ -94,4 +97,5 @@ def load_settings(argv: Sequence[str] | None = None, env: Mapping[str, str] | No
         reset_db=truthy(raw["RESET_DB"]),
         log_format=raw["LOG_FORMAT"],
         dispatch_ack_timeout_s=_positive(raw["DISPATCH_ACK_TIMEOUT_S"], "DISPATCH_ACK_TIMEOUT_S"),
+        telemetry_retention_days=_positive(raw["TELEMETRY_RETENTION_DAYS"], "TELEMETRY_RETENTION_DAYS", "days"),
     )

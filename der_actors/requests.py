@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import math
+import re
 import uuid
 
 import attrs
@@ -100,10 +101,9 @@ def parse_dispatch(body: object, inventory: Inventory) -> DispatchRequest:
 def parse_limit(raw: str | None, default: int = 100, maximum: int = MAX_HISTORY_LIMIT) -> int:
     if raw is None:
         return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise RequestError(400, "invalid_parameter", f"must be an integer, got {raw!r}", "limit") from None
+    if not re.fullmatch(r"\d{1,9}", raw):
+        raise RequestError(400, "invalid_parameter", f"must be an integer, got {raw!r}", "limit")
+    value = int(raw)
     if not 1 <= value <= maximum:
         raise RequestError(400, "invalid_parameter", f"must be between 1 and {maximum}", "limit")
     return value
@@ -114,9 +114,10 @@ def parse_time(raw: str | None, field: str) -> float | None:
     if raw is None:
         return None
     try:
-        return float(raw) if raw.replace(".", "", 1).isdigit() else _rfc3339(raw)
+        value = float(raw) if re.fullmatch(r"\d{1,12}(\.\d+)?", raw) else _rfc3339(raw)
     except ValueError:
         raise RequestError(400, "invalid_parameter", f"must be RFC 3339 or epoch seconds, got {raw!r}", field) from None
+    return value
 
 
 def _rfc3339(raw: str) -> float:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import attrs
 import structlog
 import trio
@@ -42,7 +44,10 @@ async def run_server(
         dispatch_ack_timeout_s=settings.dispatch_ack_timeout_s,
     )
     async with trio.open_nursery() as nursery:
-        headend = await nursery.start(run_headend, config, inventory, storage, WallClock.calibrated())
+        headend = await nursery.start(
+            functools.partial(run_headend, retention_days=settings.telemetry_retention_days),
+            config, inventory, storage, WallClock.calibrated(),
+        )
         grpc_port = await nursery.start(serve_agents, settings.grpc_host, settings.grpc_port, headend.accept.clone())
         http = HypercornConfig()
         http.bind = [f"{settings.http_host}:{settings.http_port}"]

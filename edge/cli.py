@@ -1,7 +1,8 @@
 """`der-edge`: parse the config, configure logs, run the site over gRPC until SIGINT / SIGTERM.
 
 A bad configuration prints every problem on stderr (each naming its variable) and exits 2.
-A signal cancels the site: the stream's socket is closed, so the headend sees the agent leave at once.
+A signal cancels the site: the stream's socket is closed, so the headend sees the agent leave at once,
+and the process exits 0.
 """
 
 from __future__ import annotations
@@ -16,14 +17,18 @@ import trio
 from der_actors import logs
 from der_actors.transport.grpc_client import grpc_dialer
 from edge.config import ConfigError, EdgeConfig, load_config
+from edge.signals import STOP_SIGNALS, EarlySignals
 from edge.site import run_site
 
 log = structlog.get_logger("der.edge")
 
 
-async def serve(config: EdgeConfig) -> None:
+async def serve(config: EdgeConfig, early: EarlySignals | None = None) -> None:
     """Run the site until SIGINT or SIGTERM arrives."""
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+    with trio.open_signal_receiver(*STOP_SIGNALS) as signals:
+        if early is not None and early.received is not None:
+            log.info("edge_stopping", signal=early.name())
+            return
         async with trio.open_nursery() as nursery:
             await nursery.start(run_site, config, grpc_dialer(config.headend_host, config.headend_port))
             async for signum in signals:
@@ -41,7 +46,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"  {line}", file=sys.stderr)
         sys.exit(2)
     logs.configure(config.log_format)
-    trio.run(serve, config)
+    early = EarlySignals()
+    trio.run(serve, config, early)
+    early.ignore_from_now()  # stopping anyway: a second signal must not make the exit unclean
     log.info("edge_stopped")
     return 0
 

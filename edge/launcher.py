@@ -27,6 +27,7 @@ import trio
 from der_actors.inventory import InventoryError, load_inventory
 from der_actors.model import Asset, Inventory
 from edge.config import ENV_VARS, parse_headend
+from edge.signals import STOP_SIGNALS, EarlySignals
 
 SHARED_VARS = ("HEADEND_GRPC", "TELEMETRY_INTERVAL_S", "HEARTBEAT_INTERVAL_S", "HEADEND_TIMEOUT_S", "LOG_FORMAT")
 _PROJECT_ROOT = str(Path(__file__).resolve().parent.parent)
@@ -145,10 +146,13 @@ async def _on_signal(
 
 
 async def run_children(specs: Sequence[ChildSpec], base_env: Mapping[str, str], headend: str,
-                       grace_s: float) -> int:
+                       grace_s: float, early: EarlySignals | None = None) -> int:
     """Start every child, forward its output, stop all on a signal. Returns 0 if all exited with 0."""
     children: list[_Child] = []
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+    with trio.open_signal_receiver(*STOP_SIGNALS) as signals:
+        if early is not None and early.received is not None:
+            _say(f"{early.name()}: not starting any agents")
+            return 0
         try:
             async with trio.open_nursery() as nursery:
                 for spec in specs:
@@ -214,7 +218,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not specs:
         print(f"der-launcher: nothing to start: no assets in {assets_path}", file=sys.stderr)
         sys.exit(2)
-    return trio.run(run_children, specs, env, headend, args.grace_s)
+    early = EarlySignals()
+    code = trio.run(run_children, specs, env, headend, args.grace_s, early)
+    early.ignore_from_now()
+    return code
 
 
 if __name__ == "__main__":

@@ -134,3 +134,17 @@ async def test_crashed_asset_actor_is_restarted_and_keeps_its_view(headend, auto
         await wait_until(lambda: handle.view.latest.seq == 2)
         assert trio.current_time() - t0 == pytest.approx(0.1)  # the first restart's backoff
         assert handle.view.connected  # what it had published survived the crash
+
+
+async def test_non_finite_telemetry_is_rejected_and_the_rest_of_the_batch_kept(headend, autojump_clock):
+    async with headend.network.dial("gw") as edge:
+        await register(edge, BESS1, BESS2)
+        await edge.outbound.send(TelemetryBatch((
+            Telemetry(BESS1, HARBOUR, 1, EPOCH, float("nan"), 0.0),
+            Telemetry(BESS2, HARBOUR, 1, EPOCH, 1.0, float("inf")),
+            Telemetry(BESS2, HARBOUR, 2, EPOCH, 1.0, 0.5),
+        )))
+        await wait_until(lambda: headend.ctx.assets[BESS2].view.latest is not None)
+        assert headend.ctx.assets[BESS2].view.latest.seq == 2
+        assert headend.ctx.assets[BESS1].view.latest is None
+        assert headend.ctx.directory.session_for(BESS1).ignored_points == 2

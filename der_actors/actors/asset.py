@@ -77,10 +77,12 @@ def apply(view: AssetView, msg: AssetMessage) -> AssetView:
 class AssetHandle:
     """Send messages to an asset actor; read its published view."""
 
-    def __init__(self, asset: Asset, send: trio.MemorySendChannel[AssetMessage]) -> None:
+    def __init__(
+        self, asset: Asset, send: trio.MemorySendChannel[AssetMessage], sessions: tuple[SessionSummary, ...] = ()
+    ) -> None:
         self.asset = asset
         self._send = send
-        self.view = AssetView(asset=asset)
+        self.view = AssetView(asset=asset, sessions=sessions[:SESSIONS_KEPT])
 
     async def send(self, msg: AssetMessage) -> None:
         await self._send.send(msg)
@@ -92,10 +94,15 @@ async def _asset_loop(handle: AssetHandle, inbox: trio.MemoryReceiveChannel[Asse
 
 
 async def run_asset(
-    asset: Asset, *, task_status: trio.TaskStatus[AssetHandle] = trio.TASK_STATUS_IGNORED
+    asset: Asset,
+    sessions: tuple[SessionSummary, ...] = (),
+    *,
+    task_status: trio.TaskStatus[AssetHandle] = trio.TASK_STATUS_IGNORED,
 ) -> None:
+    """`sessions`: the asset's last few sessions from the store (newest first), so `/agents` shows
+    them after a restart."""
     send, recv = trio.open_memory_channel[AssetMessage](INBOX_SIZE)
     async with send, recv:
-        handle = AssetHandle(asset, send)
+        handle = AssetHandle(asset, send, sessions)
         task_status.started(handle)
         await supervise(f"asset:{asset.id}", lambda: _asset_loop(handle, recv))

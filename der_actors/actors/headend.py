@@ -1,7 +1,8 @@
 """The root supervisor: wires the headend's actors together and hands transports a way in.
 
 Start order is dependency order, each with `nursery.start` so nothing is used before it is ready:
-store, directory, dispatch supervisor, one actor per configured asset, then the session manager.
+store (which saves the inventory and reads each asset's recent sessions), directory, dispatch
+supervisor, one actor per configured asset (seeded with those sessions), then the session manager.
 Transports (gRPC, in-memory) get a clone of `accept` and send it one `AgentConnection` per stream.
 """
 
@@ -10,7 +11,7 @@ from __future__ import annotations
 import attrs
 import trio
 
-from der_actors.actors.asset import run_asset
+from der_actors.actors.asset import SESSIONS_KEPT, run_asset
 from der_actors.actors.context import HeadendConfig, HeadendContext
 from der_actors.actors.directory import run_directory
 from der_actors.actors.dispatch import run_dispatch_supervisor
@@ -20,6 +21,7 @@ from der_actors.clock import WallClock
 from der_actors.model import Inventory
 from der_actors.storage.base import Storage
 from der_actors.transport.link import AgentConnection
+from der_actors.views import SessionSummary
 
 # New streams waiting for a session actor; sessions start in microseconds, so this only absorbs a
 # reconnect storm's burst.
@@ -38,15 +40,38 @@ async def run_headend(
     storage: Storage,
     clock: WallClock,
     *,
+    retention_days: float | None = None,
     task_status: trio.TaskStatus[Headend] = trio.TASK_STATUS_IGNORED,
 ) -> None:
+    """`retention_days`: prune telemetry older than this (None: keep it)."""
     accept_send, accept_recv = trio.open_memory_channel[AgentConnection](ACCEPT_BACKLOG)
     async with accept_send, trio.open_nursery() as nursery:
-        store = await nursery.start(StoreActor(storage).run)
+        retention_s = retention_days * 86_400 if retention_days else None
+        store = await nursery.start(StoreActor(storage, retention_s=retention_s, now=clock.now).run)
+        recent = await store.startup_sessions(inventory, SESSIONS_KEPT)
+        recent, unclosed = ended_by_restart(recent, clock.now())
+        for summary in unclosed:
+            store.record_session(summary)
         directory = await nursery.start(run_directory)
         dispatches = await nursery.start(run_dispatch_supervisor)
-        assets = {a.id: await nursery.start(run_asset, a) for a in inventory.assets}
+        assets = {a.id: await nursery.start(run_asset, a, recent.get(a.id, ())) for a in inventory.assets}
         ctx = HeadendContext(config, inventory, clock, assets, directory, store, dispatches)
         dispatches.ctx = ctx
         await nursery.start(run_session_manager, ctx, accept_recv)
         task_status.started(Headend(ctx, accept_send))
+
+
+def ended_by_restart(
+    recent: dict[str, list[SessionSummary]], now: float
+) -> tuple[dict[str, tuple[SessionSummary, ...]], list[SessionSummary]]:
+    """Sessions a previous run left open in the store ended with it; we record when we noticed."""
+    closed: dict[str, SessionSummary] = {}
+    seeded = {
+        asset_id: tuple(
+            s if s.disconnected_at is not None
+            else closed.setdefault(s.session_id, attrs.evolve(s, disconnected_at=now, reason="headend restarted"))
+            for s in sessions
+        )
+        for asset_id, sessions in recent.items()
+    }
+    return seeded, list(closed.values())

@@ -9,6 +9,7 @@ is logged, shown in `/agents` and stored.
 
 from __future__ import annotations
 
+import math
 import uuid
 from collections import defaultdict
 
@@ -230,6 +231,9 @@ class Session:
         session_id = self.handle.session_id
         by_asset: dict[str, list[Telemetry]] = defaultdict(list)
         for p in points:
+            if not (math.isfinite(p.mw) and math.isfinite(p.mw_setpoint)):
+                self._reject_point(p, "mw and mw_setpoint must be finite numbers")
+                continue
             if not p.asset_id:  # legacy: belongs to the session's primary asset
                 p = attrs.evolve(p, asset_id=self.primary_asset_id, site_id=p.site_id or self.site_id)
             by_asset[p.asset_id].append(p)
@@ -247,6 +251,11 @@ class Session:
         self.handle.points += len(stored)
         if stored:
             self.ctx.store.record_points(stored)
+
+    def _reject_point(self, p: Telemetry, reason: str) -> None:
+        self.handle.ignored_points += 1
+        log.warning("telemetry_rejected", asset_id=p.asset_id or self.primary_asset_id, seq=p.seq,
+                    session_id=self.handle.session_id, peer=self.handle.peer, reason=reason)
 
     async def _commands_loop(self) -> None:
         async for cmd in self.commands:

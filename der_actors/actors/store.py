@@ -1,16 +1,33 @@
-"""The store actor: the one owner of the storage connection; writes history in batches.
+"""The store actor: the one owner of the storage's write side; writes history in batches.
 
-Intake never blocks control: `record_*` put rows in a bounded buffer without waiting. A writer task
-takes a batch when it has `batch_rows` rows or `batch_delay_s` after the first row arrived, and writes
-it (in a worker thread for a blocking engine). When the engine is slow or down the buffer fills; past
-`buffer_rows` the OLDEST telemetry is dropped and counted. Dispatch, session and heartbeat records
-are never dropped (they are few, and an audit trail with holes is worse than memory use).
-A failed write is retried after `retry_s`, the batch kept whole.
+Policy (the decision the issue asks for, tested in tests/test_store_actor.py):
+
+- Intake never blocks control. `record_*` are plain method calls that append to buffers and return;
+  telemetry "now", presence and dispatch never wait for the database.
+- A writer task takes a batch when it has `batch_rows` points, or `batch_delay_s` after the first row
+  arrived, and writes it in one transaction (in a worker thread for a blocking engine).
+- Telemetry waits in a bounded buffer (`buffer_rows`, the store's inbox bound: at ~300 bytes a point,
+  the default 1,000,000 is ~300 MB, about 7 minutes of 10,000 assets at one point per 4 s). Past
+  it the OLDEST telemetry is dropped and counted. Dispatch, session and heartbeat records are never
+  dropped: they are few (a heartbeat per session per 30 s), and an audit trail with holes is worse.
+- A failed write puts its batch back at the front of the buffers (then applies the bound, so a long
+  outage keeps the newest telemetry) and is retried after a backoff (`retry_initial_s` doubling to
+  `retry_cap_s`). The storage reconnects by itself on the next attempt; writes are idempotent (keys
+  and upserts), so a batch whose commit was not acknowledged can be written twice safely.
+  The first failure and the recovery are logged once each, not every retry.
+- Accounting is exact at every instant: received = stored + buffered + dropped (points), where
+  buffered counts the batch being written. `stored` counts points the database accepted, replays of
+  a stored `(asset_id, seq)` included (`duplicate_points` says how many of those were replays).
+- Retention: when `retention_s` is set, `prune_first_s` after start and then every `prune_every_s`
+  the actor deletes telemetry and heartbeats older than that (by the point's own timestamp and the
+  heartbeat's arrival), `prune_rows` rows per transaction, taking turns with the writer.
+  Dispatches and sessions are kept (the audit trail).
 """
 
 from __future__ import annotations
 
 import functools
+import time
 from collections import deque
 from collections.abc import Callable
 from typing import TypeVar
@@ -28,10 +45,14 @@ T = TypeVar("T")
 
 @attrs.define
 class StoreCounters:
-    stored_points: int = 0
-    dropped_points: int = 0
+    received_points: int = 0
+    stored_points: int = 0  # accepted by the database (replays included)
+    duplicate_points: int = 0  # of stored_points, replays of a stored (asset_id, seq)
+    dropped_points: int = 0  # oldest telemetry dropped because the buffer was full
+    stored_records: int = 0  # dispatch, session and heartbeat rows written
     write_errors: int = 0
     batches: int = 0
+    pruned_rows: int = 0
 
 
 @attrs.define
@@ -40,22 +61,28 @@ class StoreActor:
     batch_rows: int = 5_000
     batch_delay_s: float = 0.05
     buffer_rows: int = 1_000_000
-    retry_s: float = 1.0
+    retry_initial_s: float = 0.5
+    retry_cap_s: float = 30.0
+    retention_s: float | None = None  # None: keep telemetry forever
+    prune_every_s: float = 3600.0
+    prune_first_s: float = 60.0  # first pass soon after start, so frequent restarts still prune
+    prune_rows: int = 5_000
+    now: Callable[[], float] = time.time  # wall clock for the retention cutoff
     counters: StoreCounters = attrs.field(factory=StoreCounters)
+    last_error: str = ""  # non-empty while writes are failing
     _points: deque[StoredPoint] = attrs.field(factory=deque)
     _records: WriteBatch = attrs.field(factory=WriteBatch)  # never dropped
+    _in_flight: WriteBatch | None = None
     _wakeup: trio.Event = attrs.field(factory=trio.Event)
     _idle: trio.Event = attrs.field(factory=trio.Event)
+    _write_lock: trio.Lock = attrs.field(factory=trio.Lock)  # the writer and the pruner take turns
 
     # --- intake (called from other actors; never waits) ---------------------------------------
 
     def record_points(self, points: list[StoredPoint]) -> None:
+        self.counters.received_points += len(points)
         self._points.extend(points)
-        overflow = len(self._points) - self.buffer_rows
-        if overflow > 0:
-            for _ in range(overflow):
-                self._points.popleft()
-            self.counters.dropped_points += overflow
+        self._enforce_bound()
         self._wakeup.set()
 
     def record_dispatch(self, view: DispatchView) -> None:
@@ -70,29 +97,83 @@ class StoreActor:
         self._records.heartbeats.append(row)
         self._wakeup.set()
 
+    def _enforce_bound(self) -> None:
+        overflow = len(self._points) - self.buffer_rows
+        if overflow > 0:
+            for _ in range(overflow):
+                self._points.popleft()
+            self.counters.dropped_points += overflow
+
     @property
     def buffered_points(self) -> int:
-        return len(self._points)
+        """Points received and not yet stored or dropped (the batch being written included)."""
+        return len(self._points) + (len(self._in_flight.points) if self._in_flight else 0)
+
+    @property
+    def buffered_records(self) -> int:
+        return self._records.records + (self._in_flight.records if self._in_flight else 0)
+
+    @property
+    def healthy(self) -> bool:
+        return not self.last_error
+
+    def status(self) -> dict:
+        """For health endpoints and logs."""
+        return {
+            **attrs.asdict(self.counters),
+            "buffered_points": self.buffered_points,
+            "buffered_records": self.buffered_records,
+            "healthy": self.healthy,
+            "last_error": self.last_error or None,
+        }
 
     # --- reads ---------------------------------------------------------------------------------
 
     async def query(self, fn: Callable[..., T], *args) -> T:
-        """Run a read method of the storage (e.g. `storage.telemetry_history`) off the trio thread."""
+        """Run a read method of the storage (e.g. `storage.telemetry_history`) off the trio thread.
+        Raises `StorageUnavailable` when the database cannot be reached."""
+        return await self._call(fn, *args)
+
+    async def _call(self, fn: Callable[..., T], *args) -> T:
         if self.storage.blocking:
             return await trio.to_thread.run_sync(functools.partial(fn, *args))
         return fn(*args)
 
     async def flushed(self) -> None:
         """Wait until everything recorded so far has been written (tests, shutdown)."""
-        while self._points or len(self._records):
+        while self._points or len(self._records) or self._in_flight is not None:
             self._idle = trio.Event()
             self._wakeup.set()
             await self._idle.wait()
 
-    # --- the writer ----------------------------------------------------------------------------
+    # --- start-up ------------------------------------------------------------------------------
+
+    async def startup_sessions(self, inventory, per_asset: int) -> dict[str, list[SessionSummary]]:
+        """Save the inventory and read each asset's recent sessions (one worker-thread call).
+        A database that is down costs only this: assets start with no session history."""
+
+        def work() -> dict[str, list[SessionSummary]]:
+            self.storage.save_inventory(inventory)
+            return {a.id: self.storage.sessions(a.id, per_asset) for a in inventory.assets}
+
+        try:
+            async with self._write_lock:
+                return await self._call(work)
+        except Exception as exc:
+            log.warning("store_startup_read_failed", error=str(exc), consequence="no session history until restart")
+            return {}
+
+    # --- the actor -----------------------------------------------------------------------------
 
     async def run(self, *, task_status: trio.TaskStatus[StoreActor] = trio.TASK_STATUS_IGNORED) -> None:
-        task_status.started(self)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._writer)
+            if self.retention_s is not None:
+                nursery.start_soon(self._retention)
+            task_status.started(self)
+
+    async def _writer(self) -> None:
+        failures = 0
         while True:
             if not self._points and not len(self._records):
                 self._idle.set()
@@ -101,25 +182,67 @@ class StoreActor:
                 if len(self._points) < self.batch_rows:
                     await trio.sleep(self.batch_delay_s)  # let a batch gather
             batch = self._take_batch()
-            while True:
-                try:
-                    await self._write(batch)
-                    break
-                except Exception as exc:
-                    self.counters.write_errors += 1
-                    log.warning("store_write_failed", error=repr(exc), rows=len(batch), retry_in_s=self.retry_s)
-                    await trio.sleep(self.retry_s)
+            try:
+                async with self._write_lock:
+                    new = await self._call(self.storage.write, batch)
+            except Exception as exc:
+                self._requeue(batch)
+                failures += 1
+                self.counters.write_errors += 1
+                delay = min(self.retry_cap_s, self.retry_initial_s * 2 ** min(failures - 1, 30))
+                if not self.last_error:
+                    log.warning("store_write_failed", error=str(exc), rows=len(batch), retry_in_s=delay,
+                                consequence="history is buffered; oldest telemetry dropped past the bound")
+                self.last_error = str(exc) or type(exc).__name__
+                await trio.sleep(delay)
+                continue
+            except BaseException:
+                self._requeue(batch)  # cancelled: keep the accounting exact
+                raise
+            self._in_flight = None
+            if self.last_error:
+                log.info("store_write_recovered", after_failures=failures, buffered_points=self.buffered_points,
+                         dropped_points=self.counters.dropped_points)
+                self.last_error = ""
+            failures = 0
             self.counters.stored_points += len(batch.points)
+            self.counters.duplicate_points += len(batch.points) - (new if isinstance(new, int) else len(batch.points))
+            self.counters.stored_records += batch.records
             self.counters.batches += 1
 
     def _take_batch(self) -> WriteBatch:
         batch, self._records = self._records, WriteBatch()
         n = min(self.batch_rows, len(self._points))
         batch.points = [self._points.popleft() for _ in range(n)]
+        self._in_flight = batch
         return batch
 
-    async def _write(self, batch: WriteBatch) -> None:
-        if self.storage.blocking:
-            await trio.to_thread.run_sync(self.storage.write, batch)
-        else:
-            self.storage.write(batch)
+    def _requeue(self, batch: WriteBatch) -> None:
+        """Put a batch that was not written back in front of what arrived since, then apply the bound."""
+        self._in_flight = None
+        self._points.extendleft(reversed(batch.points))
+        self._records = WriteBatch(
+            dispatches=batch.dispatches + self._records.dispatches,
+            sessions=batch.sessions + self._records.sessions,
+            heartbeats=batch.heartbeats + self._records.heartbeats,
+        )
+        self._enforce_bound()
+
+    async def _retention(self) -> None:
+        await trio.sleep(self.prune_first_s)
+        while True:
+            cutoff = self.now() - self.retention_s
+            while True:
+                try:
+                    async with self._write_lock:
+                        gone = await self._call(self.storage.prune, cutoff, self.prune_rows)
+                except Exception as exc:
+                    log.warning("store_prune_failed", error=str(exc), retry_in_s=self.prune_every_s)
+                    break
+                self.counters.pruned_rows += gone
+                if gone:
+                    log.info("store_pruned", rows=gone, before=cutoff)
+                if gone < self.prune_rows:
+                    break
+                await trio.sleep(0)  # the writer's turn (trio.Lock is fair)
+            await trio.sleep(self.prune_every_s)

@@ -1,17 +1,67 @@
-"""History storage behind one small interface (`base.Storage`)."""
+"""History storage behind one small interface (`base.Storage`).
+
+`DATABASE_URL`:
+- unset or empty: SQLite in `der_headend.sqlite3` in the working directory (the embedded default);
+- `sqlite:///relative/path.sqlite3` or `sqlite:////absolute/path.sqlite3`;
+- `postgresql://user[:password]@host[:port]/dbname[?options=-csearch_path%3Dschema]` (or `postgres://`);
+- `memory://`: bounded in-memory history, gone on restart (tests, demos).
+"""
 
 from __future__ import annotations
 
-from der_actors.storage.base import Storage
+import structlog
+
+from der_actors.storage.base import SchemaTooNew, Storage, StorageConfigError, StorageUnavailable
 from der_actors.storage.memory import MemoryStorage
 
+__all__ = ["DEFAULT_SQLITE_PATH", "SchemaTooNew", "Storage", "StorageConfigError", "StorageUnavailable", "open_storage"]
 
-class StorageConfigError(ValueError):
-    pass
+log = structlog.get_logger("der.storage")
+
+DEFAULT_SQLITE_PATH = "der_headend.sqlite3"
 
 
-def open_storage(url: str) -> Storage:
-    """`memory://` (or unset): bounded in-memory history."""
-    if url in ("", "memory://"):
-        return MemoryStorage()
-    raise StorageConfigError(f"DATABASE_URL: unsupported scheme in {url!r} (use memory://)")
+def open_storage(url: str, *, reset: bool = False) -> Storage:
+    """Open and migrate the store `url` names; `reset` empties its history (RESET_DB).
+
+    Raises `StorageConfigError` for a URL we cannot use, an SQLite file we cannot open, or a schema
+    newer than this headend (`SchemaTooNew`). An unreachable PostgreSQL does not stop start-up: the
+    headend runs, buffers history, and connects (and migrates, and resets) when the server is back.
+    """
+    if url == "memory://":
+        storage = MemoryStorage()
+        if reset:
+            storage.reset()
+        return storage
+    if url == "" or url.startswith("sqlite:///"):
+        from der_actors.storage.sqlite import SqliteStorage
+
+        path = url[len("sqlite:///"):] if url else DEFAULT_SQLITE_PATH
+        if not path:
+            raise StorageConfigError(f"DATABASE_URL: no file in {url!r} (use sqlite:///path/to/file.sqlite3)")
+        storage = SqliteStorage(path)
+        try:
+            storage.open(reset=reset)
+        except StorageUnavailable as exc:
+            storage.close()
+            raise StorageConfigError(f"DATABASE_URL: cannot open {exc}") from None
+        except BaseException:
+            storage.close()
+            raise
+        return storage
+    if url.startswith(("postgresql://", "postgres://")):
+        from der_actors.storage.postgres import PostgresStorage
+
+        storage = PostgresStorage(url)
+        try:
+            storage.open(reset=reset)
+        except StorageUnavailable as exc:
+            log.warning("database_unreachable", error=str(exc),
+                        consequence="history is buffered and written when the database is back")
+        except BaseException:
+            storage.close()
+            raise
+        return storage
+    raise StorageConfigError(
+        f"DATABASE_URL: unsupported scheme in {url!r} (use sqlite:///path, postgresql://..., or memory://)"
+    )
