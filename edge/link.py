@@ -20,8 +20,10 @@ resets after a healthy session: one that was registered and then stayed up at le
 `HEALTHY_SESSION_S` (30 s) after its RegisterAck. A session that dies sooner keeps growing the delay,
 so a headend that accepts and then drops us is not hammered.
 
-Setpoints: RECEIVED at once, then APPLIED or REJECTED (see `edge.setpoints` for the rules). Outcomes
-are remembered by setpoint_id across sessions, so a resent setpoint is applied at most once.
+Setpoints: RECEIVED at once, then APPLIED or REJECTED (see `edge.setpoints` for the rules). A site
+setpoint is split across the assets that are online (actor running) and accepted in this session's
+RegisterAck. Setpoints are handled one at a time, in arrival order. Outcomes are remembered by
+setpoint_id across sessions, so a resent setpoint is applied at most once.
 """
 
 from __future__ import annotations

@@ -69,7 +69,7 @@ async def test_launcher_runs_an_agent_process_and_stops_it_on_sigterm(
             pass
 
     specs = child_specs(INVENTORY, ASSETS, gateway=True, site_ids=[HARBOUR])
-    env = {k: v for k, v in os.environ.items()}
+    env = dict(os.environ)
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery:
             port = await nursery.start(serve_grpc, "127.0.0.1", 0, handler)

@@ -72,13 +72,13 @@ class MemoryNetwork:
         if self.accept_channel is None:
             raise LinkRefused("no headend listening")
         head, edge = memory_link_pair(peer)
-        try:
-            await self.accept_channel.send(head)
-        except (trio.ClosedResourceError, trio.BrokenResourceError):
-            raise LinkRefused("headend not accepting") from None
         key = next(self._ids)
-        self._live[key] = (head, edge)
+        self._live[key] = (head, edge)  # before the hand-over, so a cut right after accept reaches it
         try:
+            try:
+                await self.accept_channel.send(head)
+            except (trio.ClosedResourceError, trio.BrokenResourceError):
+                raise LinkRefused("headend not accepting") from None
             yield edge
         finally:
             self._live.pop(key, None)
