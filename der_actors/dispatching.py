@@ -26,6 +26,18 @@ class DispatchRequest:
     asset_id: str | None = None
     site_id: str | None = None
     duration_s: float = 0.0
+    ttl_s: float | None = None  # None: the headend's default
+
+    @property
+    def target_key(self) -> str:
+        """Dispatches with the same key replace each other while undelivered."""
+        return f"asset:{self.asset_id}" if self.asset_id is not None else f"site:{self.site_id}"
+
+
+def request_of(view: DispatchView) -> DispatchRequest:
+    """The request a dispatch was made from (to plan it again at delivery)."""
+    return DispatchRequest(mw=view.requested_mw, asset_id=view.asset_id, site_id=None if view.asset_id else view.site_id,
+                           duration_s=view.duration_s)
 
 
 @attrs.frozen
@@ -49,17 +61,45 @@ def preview_split(inventory: Inventory, site_id: str, mw: float, connected: Call
     return split_site(mw, site_members(inventory, site_id, connected))
 
 
+def new_uuid() -> str:
+    return str(uuid.uuid4())
+
+
+def pending_view(
+    req: DispatchRequest, inventory: Inventory, now: float, expires_at: float | None, dispatch_id: str
+) -> DispatchView:
+    """A dispatch whose target is offline: it waits, showing what it will apply if all goes to plan."""
+    if req.asset_id is not None:
+        asset = inventory.asset(req.asset_id)
+        mw = min(max(req.mw, asset.min_mw), asset.max_mw)
+        site_id, shortfall = asset.site_id, 0.0
+    else:
+        split = preview_split(inventory, req.site_id, req.mw, lambda _: True)
+        mw, site_id, shortfall = split.placed_mw, req.site_id, split.shortfall_mw
+    return DispatchView(
+        dispatch_id, "asset" if req.asset_id else "site", req.asset_id, site_id, req.mw, mw,
+        not math.isclose(mw, req.mw, abs_tol=1e-9), req.duration_s, "", Lifecycle.start(now),
+        shortfall_mw=shortfall, expires_at=expires_at,
+    )
+
+
 def plan_dispatch(
     req: DispatchRequest,
     inventory: Inventory,
     owners: dict[str, str],
     gateways: set[str],
     now: float,
-    new_id: Callable[[], str] = lambda: str(uuid.uuid4()),
+    new_id: Callable[[], str] = new_uuid,
+    *,
+    dispatch_id: str | None = None,
+    lifecycle: Lifecycle | None = None,
+    expires_at: float | None = None,
 ) -> Plan:
-    """Decide what to send where. Raises `Refused` when nothing can be delivered."""
-    dispatch_id = new_id()
-    lifecycle = Lifecycle.start(now)
+    """Decide what to send where, now. Raises `Refused` when no part of the target is connected.
+
+    A pending dispatch is planned again at delivery with its own id and lifecycle."""
+    dispatch_id = dispatch_id or new_id()
+    lifecycle = lifecycle or Lifecycle.start(now)
     if req.asset_id is not None:
         asset = inventory.asset(req.asset_id)
         session_id = owners.get(asset.id)
@@ -69,7 +109,7 @@ def plan_dispatch(
         sp = Setpoint(dispatch_id, asset.id, asset.site_id, mw, req.duration_s, now)
         view = DispatchView(
             dispatch_id, "asset", asset.id, asset.site_id, req.mw, mw, not math.isclose(mw, req.mw, abs_tol=1e-9),
-            req.duration_s, "asset", lifecycle, legs=(Leg(dispatch_id, session_id, asset.id, mw),),
+            req.duration_s, "asset", lifecycle, legs=(Leg(dispatch_id, session_id, asset.id, mw),), expires_at=expires_at,
         )
         return Plan(view, ((session_id, sp),))
 
@@ -83,7 +123,7 @@ def plan_dispatch(
     common = dict(
         dispatch_id=dispatch_id, target="site", asset_id=None, site_id=site_id, requested_mw=req.mw,
         applied_mw=split.placed_mw, clamped=clamped, duration_s=req.duration_s, lifecycle=lifecycle,
-        shortfall_mw=split.shortfall_mw,
+        shortfall_mw=split.shortfall_mw, expires_at=expires_at,
     )
     if len(serving) == 1 and (gateway := next(iter(serving))) in gateways:
         sp = Setpoint(dispatch_id, "", site_id, split.placed_mw, req.duration_s, now)

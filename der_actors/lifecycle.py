@@ -7,6 +7,8 @@
     sent/received -> applied | rejected (the agent's outcome)
     sent/received -> failed  (no outcome within the ack timeout)
     submitted/pending -> expired | superseded
+    sent/received -> pending | expired   (after a headend restart the outcome is unknown: it is
+                                          re-sent if still within its TTL, else it expired)
 
 An illegal transition raises `IllegalTransition` and changes nothing.
 """
@@ -39,8 +41,8 @@ _TERMINAL = frozenset({S.APPLIED, S.REJECTED, S.EXPIRED, S.SUPERSEDED, S.FAILED}
 _ALLOWED: dict[DispatchState, frozenset[DispatchState]] = {
     S.SUBMITTED: frozenset({S.PENDING, S.SENT, S.EXPIRED, S.SUPERSEDED}),
     S.PENDING: frozenset({S.SENT, S.EXPIRED, S.SUPERSEDED}),
-    S.SENT: frozenset({S.RECEIVED, S.APPLIED, S.REJECTED, S.FAILED}),
-    S.RECEIVED: frozenset({S.APPLIED, S.REJECTED, S.FAILED}),
+    S.SENT: frozenset({S.RECEIVED, S.APPLIED, S.REJECTED, S.FAILED, S.PENDING, S.EXPIRED}),
+    S.RECEIVED: frozenset({S.APPLIED, S.REJECTED, S.FAILED, S.PENDING, S.EXPIRED}),
 }
 
 

@@ -152,4 +152,20 @@ class Setpoint:
     issued_at: float = 0.0
 
 
-HeadendMessage = RegisterAck | Setpoint | Heartbeat
+@attrs.frozen
+class SeqRange:
+    """Inclusive range of one asset's telemetry seqs."""
+
+    asset_id: str
+    first_seq: int
+    last_seq: int
+
+
+@attrs.frozen
+class TelemetryAck:
+    """These points are durably stored at the headend: the agent may drop them from its spool."""
+
+    ranges: tuple[SeqRange, ...]
+
+
+HeadendMessage = RegisterAck | Setpoint | Heartbeat | TelemetryAck

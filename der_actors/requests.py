@@ -26,7 +26,7 @@ class RequestError(Exception):
     field: str | None = None
 
 
-DISPATCH_FIELDS = {"asset_id", "site_id", "mw", "duration_s"}
+DISPATCH_FIELDS = {"asset_id", "site_id", "mw", "duration_s", "ttl_s"}
 MAX_HISTORY_LIMIT = 10_000
 # A sanity bound on any MW figure an operator sends (1 TW, far past any site). Finite floats beyond
 # it overflow the site split's kW arithmetic; refusing them here keeps bad input a 400, never a 500.
@@ -84,6 +84,11 @@ def parse_dispatch(body: object, inventory: Inventory) -> DispatchRequest:
         duration_s = _number(body["duration_s"], "duration_s")
         if duration_s < 0:
             raise RequestError(400, "invalid_field", "must be >= 0 (0 = hold until replaced)", "duration_s")
+    ttl_s = None
+    if body.get("ttl_s") is not None:
+        ttl_s = _number(body["ttl_s"], "ttl_s")
+        if ttl_s <= 0:
+            raise RequestError(400, "invalid_field", "must be > 0 seconds", "ttl_s")
     if has_asset:  # an asset target wins, as on the wire; a site_id beside it must match
         asset_id = _uuid(body["asset_id"], "asset_id")
         asset = inventory.asset(asset_id)
@@ -91,11 +96,11 @@ def parse_dispatch(body: object, inventory: Inventory) -> DispatchRequest:
             raise RequestError(404, "unknown_asset", f"no asset {asset_id}", "asset_id")
         if has_site and _uuid(body["site_id"], "site_id") != asset.site_id:
             raise RequestError(400, "invalid_field", f"asset {asset_id} belongs to site {asset.site_id}", "site_id")
-        return DispatchRequest(mw=mw, asset_id=asset_id, duration_s=duration_s)
+        return DispatchRequest(mw=mw, asset_id=asset_id, duration_s=duration_s, ttl_s=ttl_s)
     site_id = _uuid(body["site_id"], "site_id")
     if inventory.site(site_id) is None:
         raise RequestError(404, "unknown_site", f"no site {site_id}", "site_id")
-    return DispatchRequest(mw=mw, site_id=site_id, duration_s=duration_s)
+    return DispatchRequest(mw=mw, site_id=site_id, duration_s=duration_s, ttl_s=ttl_s)
 
 
 def parse_limit(raw: str | None, default: int = 100, maximum: int = MAX_HISTORY_LIMIT) -> int:
@@ -148,3 +153,32 @@ def parse_uuid_param(raw: str | None, field: str) -> str | None:
         return str(uuid.UUID(raw))
     except ValueError:
         raise RequestError(400, "invalid_parameter", f"must be a UUID, got {raw!r}", field) from None
+
+
+MAX_WAIT_S = 60.0
+STATES = ("submitted", "pending", "sent", "received", "applied", "rejected", "expired", "superseded", "failed")
+
+
+def parse_wait(wait: str | None, timeout: str | None) -> float | None:
+    """`?wait=applied&timeout_s=5`: how long POST /dispatch waits for a final state (None: no wait)."""
+    if wait is None:
+        if timeout is not None:
+            raise RequestError(400, "invalid_parameter", "only with wait=applied", "timeout_s")
+        return None
+    if wait not in ("applied", "terminal"):
+        raise RequestError(400, "invalid_parameter", f"must be 'applied' (wait for a final state), got {wait!r}", "wait")
+    if timeout is None:
+        return 5.0
+    try:
+        value = float(timeout)
+    except ValueError:
+        raise RequestError(400, "invalid_parameter", f"must be a number of seconds, got {timeout!r}", "timeout_s") from None
+    if not 0 < value <= MAX_WAIT_S:
+        raise RequestError(400, "invalid_parameter", f"must be > 0 and <= {MAX_WAIT_S:g}", "timeout_s")
+    return value
+
+
+def parse_state(raw: str | None) -> str | None:
+    if raw is not None and raw not in STATES:
+        raise RequestError(400, "invalid_parameter", f"must be one of {', '.join(STATES)}", "state")
+    return raw

@@ -78,3 +78,4 @@ class DispatchView:
     allocations: tuple[Allocation, ...] = ()
     shortfall_mw: float = 0.0
     message: str = ""
+    expires_at: float | None = None  # never delivered after this (epoch s); None: no TTL

@@ -195,8 +195,11 @@ BAD_REQUESTS = [
     ("asset-site-mismatch", "POST", "/dispatch", {"json": {"asset_id": BESS_1, "site_id": RIDGEWAY, "mw": 1}}, 400, "invalid_field", "site_id"),
     ("unknown-asset", "POST", "/dispatch", {"json": {"asset_id": UNKNOWN, "mw": 1}}, 404, "unknown_asset", "asset_id"),
     ("unknown-site", "POST", "/dispatch", {"json": {"site_id": UNKNOWN, "mw": 1}}, 404, "unknown_site", "site_id"),
-    ("asset-not-connected", "POST", "/dispatch", {"json": {"asset_id": BESS_1, "mw": 1}}, 409, "not_connected", "asset_id"),
-    ("site-not-connected", "POST", "/dispatch", {"json": {"site_id": RIDGEWAY, "mw": 1}}, 409, "not_connected", "site_id"),
+    ("ttl-zero", "POST", "/dispatch", {"json": {"asset_id": BESS_1, "mw": 1, "ttl_s": 0}}, 400, "invalid_field", "ttl_s"),
+    ("wait-unknown", "POST", "/dispatch?wait=forever", {"json": {"asset_id": BESS_1, "mw": 1}}, 400, "invalid_parameter", "wait"),
+    ("wait-timeout-too-long", "POST", "/dispatch?wait=applied&timeout_s=600", {"json": {"asset_id": BESS_1, "mw": 1}}, 400, "invalid_parameter", "timeout_s"),
+    ("timeout-without-wait", "POST", "/dispatch?timeout_s=5", {"json": {"asset_id": BESS_1, "mw": 1}}, 400, "invalid_parameter", "timeout_s"),
+    ("list-bad-state", "GET", "/dispatch?state=lost", {}, 400, "invalid_parameter", "state"),
     ("telemetry-unknown", "GET", f"/telemetry/{UNKNOWN}", {}, 404, "unknown_asset", "asset_id"),
     ("telemetry-not-uuid", "GET", "/telemetry/not-a-uuid", {}, 400, "invalid_parameter", "asset_id"),
     ("telemetry-no-data", "GET", f"/telemetry/{BESS_1}", {}, 404, "no_data_yet", "asset_id"),
@@ -227,7 +230,7 @@ BAD_REQUESTS = [
     ("split-site-not-uuid", "GET", "/sites/ridgeway/split", {"params": {"mw": 1}}, 400, "invalid_parameter", "site_id"),
     ("unknown-route", "GET", "/no/such/route", {}, 404, "not_found", None),
     ("delete-assets", "DELETE", "/assets", {}, 405, "method_not_allowed", None),
-    ("get-dispatch", "GET", "/dispatch", {}, 405, "method_not_allowed", None),
+    ("delete-dispatch", "DELETE", "/dispatch", {}, 405, "method_not_allowed", None),
     ("put-agents", "PUT", "/agents", {"json": {}}, 405, "method_not_allowed", None),
 ]
 
@@ -513,7 +516,9 @@ async def test_disconnect_shows_in_agents(
     assert session["session_id"] == ack.session_id
     assert session["reason"] == "stream closed by agent"
     assert RFC3339.match(session["disconnected_at"])
-    r = await http.post("/dispatch", json={"asset_id": BESS_1, "mw": 1})
-    assert r.status_code == 409 and r.json()["error"]["field"] == "asset_id"
+    r = await http.post("/dispatch", json={"asset_id": BESS_1, "mw": 1, "ttl_s": 30})
+    assert r.status_code == 202 and r.json()["state"] == "pending"  # delivered if it reconnects in time
+    listed = (await http.get("/dispatch", params={"state": "pending"})).json()["dispatches"]
+    assert [d["dispatch_id"] for d in listed] == [r.json()["dispatch_id"]]
     assert (await http.get(f"/heartbeat/{BESS_1}")).json()["connected"] is False
     assert (await http.get("/health")).json()["sessions"] == 0

@@ -35,7 +35,7 @@ def test_lifecycle_records_every_transition_with_its_time():
 
 @pytest.mark.parametrize(
     "path, illegal",
-    [((), S.APPLIED), ((S.SENT, S.APPLIED), S.FAILED), ((S.SENT,), S.PENDING), ((S.EXPIRED,), S.SENT)],
+    [((), S.APPLIED), ((S.SENT, S.APPLIED), S.FAILED), ((S.SENT, S.APPLIED), S.PENDING), ((S.EXPIRED,), S.SENT)],
 )
 def test_illegal_transitions_raise_and_change_nothing(path, illegal):
     lc = Lifecycle.start(0.0)

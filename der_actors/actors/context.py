@@ -21,6 +21,7 @@ class HeadendConfig:
     heartbeat_timeout_s: float = 90.0  # a session silent this long is closed as stale
     heartbeat_interval_s: float = 30.0  # the headend's own heartbeat to each agent
     dispatch_ack_timeout_s: float = 10.0  # no outcome from the agent by then: the dispatch failed
+    dispatch_ttl_s: float = 300.0  # default time a dispatch may wait for its target
 
 
 @attrs.frozen

@@ -36,9 +36,10 @@ from der_actors.views import SessionSummary
 
 log = structlog.get_logger("der.session")
 
-# Setpoints and takeover notices; a few per dispatch. Full means the agent is not draining its stream;
-# the dispatch then fails fast instead of queueing behind a stuck peer.
-COMMAND_INBOX = 256
+# Setpoints and takeover notices. On registration every pending dispatch for the session's assets
+# arrives at once (at most one per asset and one per site: newer ones supersede older). Full means
+# the agent is not draining its stream; a dispatch then fails fast instead of queueing behind it.
+COMMAND_INBOX = 1024
 LINK_ERRORS = (trio.BrokenResourceError, trio.ClosedResourceError)
 
 
@@ -156,6 +157,7 @@ class Session:
                 await ctx.assets[asset_id].send(Connected(summary))
         ctx.store.record_session(summary)
         await conn.outbound.send(RegisterAck(handle.session_id, review.accepted, review.rejected))
+        ctx.dispatches.targets_online(review.accepted)  # what waited for these assets goes out first
         log.info(
             "session_connected", session_id=handle.session_id, peer=handle.peer, gateway_id=summary.gateway_id,
             site_id=summary.site_id, accepted=len(review.accepted), rejected=len(review.rejected),

@@ -10,14 +10,18 @@ Policy (the decision the issue asks for, tested in tests/test_store_actor.py):
   the default 1,000,000 is ~300 MB, about 7 minutes of 10,000 assets at one point per 4 s). Past
   it the OLDEST telemetry is dropped and counted. Dispatch, session and heartbeat records are never
   dropped: they are few (a heartbeat per session per 30 s), and an audit trail with holes is worse.
-- A failed write puts its batch back at the front of the buffers (then applies the bound, so a long
-  outage keeps the newest telemetry) and is retried after a backoff (`retry_initial_s` doubling to
+- A write the database cannot take now (`StorageUnavailable`: down, unreachable, locked, disk full)
+  puts its batch back at the front of the buffers (then applies the bound, so a long outage keeps
+  the newest telemetry) and is retried after a backoff (`retry_initial_s` doubling to
   `retry_cap_s`). The storage reconnects by itself on the next attempt; writes are idempotent (keys
   and upserts), so a batch whose commit was not acknowledged can be written twice safely.
   The first failure and the recovery are logged once each, not every retry.
-- Accounting is exact at every instant: received = stored + buffered + dropped (points), where
-  buffered counts the batch being written. `stored` counts points the database accepted, replays of
-  a stored `(asset_id, seq)` included (`duplicate_points` says how many of those were replays).
+- A batch the database refuses for what is in it (any other error: a value it rejects, or our bug)
+  is split in halves until the refused rows are alone; those are logged and counted as rejected,
+  everything else is written. One bad row never holds up history.
+- Accounting is exact at every instant: received = stored + buffered + dropped + rejected (points),
+  where buffered counts the batch being written. `stored` counts points the database accepted,
+  replays of a stored `(asset_id, seq)` included (`duplicate_points` says how many were replays).
 - Retention: when `retention_s` is set, `prune_first_s` after start and then every `prune_every_s`
   the actor deletes telemetry and heartbeats older than that (by the point's own timestamp and the
   heartbeat's arrival), `prune_rows` rows per transaction, taking turns with the writer.
@@ -36,7 +40,7 @@ import attrs
 import structlog
 import trio
 
-from der_actors.storage.base import HeartbeatRow, Storage, StoredPoint, WriteBatch
+from der_actors.storage.base import HeartbeatRow, Storage, StorageUnavailable, StoredPoint, WriteBatch
 from der_actors.views import DispatchView, SessionSummary
 
 log = structlog.get_logger("der.store")
@@ -49,7 +53,9 @@ class StoreCounters:
     stored_points: int = 0  # accepted by the database (replays included)
     duplicate_points: int = 0  # of stored_points, replays of a stored (asset_id, seq)
     dropped_points: int = 0  # oldest telemetry dropped because the buffer was full
+    rejected_points: int = 0  # refused by the database for their content
     stored_records: int = 0  # dispatch, session and heartbeat rows written
+    rejected_records: int = 0
     write_errors: int = 0
     batches: int = 0
     pruned_rows: int = 0
@@ -72,7 +78,8 @@ class StoreActor:
     last_error: str = ""  # non-empty while writes are failing
     _points: deque[StoredPoint] = attrs.field(factory=deque)
     _records: WriteBatch = attrs.field(factory=WriteBatch)  # never dropped
-    _in_flight: WriteBatch | None = None
+    _in_flight: list[WriteBatch] = attrs.field(factory=list)  # taken, not yet written (or halves of it)
+    _first_at: float = 0.0
     _wakeup: trio.Event = attrs.field(factory=trio.Event)
     _idle: trio.Event = attrs.field(factory=trio.Event)
     _write_lock: trio.Lock = attrs.field(factory=trio.Lock)  # the writer and the pruner take turns
@@ -80,21 +87,26 @@ class StoreActor:
     # --- intake (called from other actors; never waits) ---------------------------------------
 
     def record_points(self, points: list[StoredPoint]) -> None:
+        self._arriving()
         self.counters.received_points += len(points)
         self._points.extend(points)
         self._enforce_bound()
-        self._wakeup.set()
 
     def record_dispatch(self, view: DispatchView) -> None:
+        self._arriving()
         self._records.dispatches.append(view)
-        self._wakeup.set()
 
     def record_session(self, summary: SessionSummary) -> None:
+        self._arriving()
         self._records.sessions.append(summary)
-        self._wakeup.set()
 
     def record_heartbeat(self, row: HeartbeatRow) -> None:
+        self._arriving()
         self._records.heartbeats.append(row)
+
+    def _arriving(self) -> None:
+        if not self._points and not len(self._records):
+            self._first_at = trio.current_time()  # a batch's deadline runs from its first row
         self._wakeup.set()
 
     def _enforce_bound(self) -> None:
@@ -107,11 +119,11 @@ class StoreActor:
     @property
     def buffered_points(self) -> int:
         """Points received and not yet stored or dropped (the batch being written included)."""
-        return len(self._points) + (len(self._in_flight.points) if self._in_flight else 0)
+        return len(self._points) + sum(len(b.points) for b in self._in_flight)
 
     @property
     def buffered_records(self) -> int:
-        return self._records.records + (self._in_flight.records if self._in_flight else 0)
+        return self._records.records + sum(b.records for b in self._in_flight)
 
     @property
     def healthy(self) -> bool:
@@ -141,7 +153,7 @@ class StoreActor:
 
     async def flushed(self) -> None:
         """Wait until everything recorded so far has been written (tests, shutdown)."""
-        while self._points or len(self._records) or self._in_flight is not None:
+        while self._points or len(self._records) or self._in_flight:
             self._idle = trio.Event()
             self._wakeup.set()
             await self._idle.wait()
@@ -175,56 +187,88 @@ class StoreActor:
     async def _writer(self) -> None:
         failures = 0
         while True:
-            if not self._points and not len(self._records):
-                self._idle.set()
-                await self._wakeup.wait()
-                self._wakeup = trio.Event()
-                if len(self._points) < self.batch_rows:
-                    await trio.sleep(self.batch_delay_s)  # let a batch gather
-            batch = self._take_batch()
+            await self._gather()
+            self._in_flight = [self._take_batch()]
             try:
-                async with self._write_lock:
-                    new = await self._call(self.storage.write, batch)
-            except Exception as exc:
-                self._requeue(batch)
+                await self._write_in_flight()
+            except StorageUnavailable as exc:
+                self._requeue()
                 failures += 1
-                self.counters.write_errors += 1
                 delay = min(self.retry_cap_s, self.retry_initial_s * 2 ** min(failures - 1, 30))
                 if not self.last_error:
-                    log.warning("store_write_failed", error=str(exc), rows=len(batch), retry_in_s=delay,
+                    log.warning("store_write_failed", error=str(exc), retry_in_s=delay,
                                 consequence="history is buffered; oldest telemetry dropped past the bound")
                 self.last_error = str(exc) or type(exc).__name__
                 await trio.sleep(delay)
                 continue
             except BaseException:
-                self._requeue(batch)  # cancelled: keep the accounting exact
+                self._requeue()  # cancelled: keep the accounting exact
                 raise
-            self._in_flight = None
             if self.last_error:
                 log.info("store_write_recovered", after_failures=failures, buffered_points=self.buffered_points,
                          dropped_points=self.counters.dropped_points)
                 self.last_error = ""
             failures = 0
-            self.counters.stored_points += len(batch.points)
-            self.counters.duplicate_points += len(batch.points) - (new if isinstance(new, int) else len(batch.points))
-            self.counters.stored_records += batch.records
-            self.counters.batches += 1
+
+    async def _write_in_flight(self) -> None:
+        """Write `_in_flight` front to front; split a refused batch until the refused rows are alone."""
+        while self._in_flight:
+            batch = self._in_flight[0]
+            try:
+                async with self._write_lock:
+                    new = await self._call(self.storage.write, batch)
+            except StorageUnavailable:
+                self.counters.write_errors += 1
+                raise
+            except Exception as exc:
+                self.counters.write_errors += 1
+                self._in_flight.pop(0)
+                if len(batch) > 1:
+                    self._in_flight[0:0] = [b for b in batch.halves() if len(b)]
+                else:
+                    self._reject(batch, exc)
+                continue
+            self._in_flight.pop(0)
+            c = self.counters
+            c.stored_points += len(batch.points)
+            c.duplicate_points += len(batch.points) - (new if isinstance(new, int) else len(batch.points))
+            c.stored_records += batch.records
+            c.batches += 1
+
+    def _reject(self, batch: WriteBatch, exc: Exception) -> None:
+        self.counters.rejected_points += len(batch.points)
+        self.counters.rejected_records += batch.records
+        row = batch.points or batch.dispatches or batch.sessions or batch.heartbeats
+        log.error("store_row_rejected", row=repr(row[0])[:500], error=repr(exc)[:500],
+                  consequence="this row is not stored; the rest of its batch is")
+
+    async def _gather(self) -> None:
+        """Return when a batch is due: `batch_rows` points waiting, or `batch_delay_s` after the first
+        row arrived (rows left over from the last batch, or put back after a failure, are due now)."""
+        while not self._points and not len(self._records):
+            self._idle.set()
+            await self._wakeup.wait()
+            self._wakeup = trio.Event()
+        with trio.move_on_at(self._first_at + self.batch_delay_s):
+            while len(self._points) < self.batch_rows:
+                await self._wakeup.wait()
+                self._wakeup = trio.Event()
 
     def _take_batch(self) -> WriteBatch:
         batch, self._records = self._records, WriteBatch()
         n = min(self.batch_rows, len(self._points))
         batch.points = [self._points.popleft() for _ in range(n)]
-        self._in_flight = batch
         return batch
 
-    def _requeue(self, batch: WriteBatch) -> None:
-        """Put a batch that was not written back in front of what arrived since, then apply the bound."""
-        self._in_flight = None
-        self._points.extendleft(reversed(batch.points))
+    def _requeue(self) -> None:
+        """Put what was not written back in front of what arrived since, then apply the bound."""
+        taken, self._in_flight = self._in_flight, []
+        points = [p for b in taken for p in b.points]
+        self._points.extendleft(reversed(points))
         self._records = WriteBatch(
-            dispatches=batch.dispatches + self._records.dispatches,
-            sessions=batch.sessions + self._records.sessions,
-            heartbeats=batch.heartbeats + self._records.heartbeats,
+            dispatches=[d for b in taken for d in b.dispatches] + self._records.dispatches,
+            sessions=[s for b in taken for s in b.sessions] + self._records.sessions,
+            heartbeats=[h for b in taken for h in b.heartbeats] + self._records.heartbeats,
         )
         self._enforce_bound()
 

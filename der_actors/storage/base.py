@@ -62,6 +62,16 @@ class WriteBatch:
         """Rows that are never dropped (everything but telemetry)."""
         return len(self.dispatches) + len(self.sessions) + len(self.heartbeats)
 
+    def halves(self) -> tuple[WriteBatch, WriteBatch]:
+        """Split in two, each kind keeping its order (to find the row a database refuses)."""
+        kinds = ("points", "dispatches", "sessions", "heartbeats")
+        items = [(k, x) for k in kinds for x in getattr(self, k)]
+        mid = len(items) // 2
+        parts = (WriteBatch(), WriteBatch())
+        for i, (k, x) in enumerate(items):
+            getattr(parts[i >= mid], k).append(x)
+        return parts
+
 
 class Storage(Protocol):
     blocking: bool  # True: call from a worker thread

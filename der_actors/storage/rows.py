@@ -1,7 +1,9 @@
 """Our types <-> SQL row tuples, the same for both engines (pure).
 
 Nested parts are JSON text; floats go through `repr`, so they read back bit for bit and a stored
-`DispatchView` reads back equal to the one written.
+`DispatchView` reads back equal to the one written. Telemetry details are tagged with their kind;
+a kind this code does not know is kept as `{"kind": <class name>, ...}` and reads back as None
+rather than failing a whole batch.
 """
 
 from __future__ import annotations
@@ -9,11 +11,11 @@ from __future__ import annotations
 import json
 
 import attrs
+import cattrs
 
-from der_actors.lifecycle import DispatchState, Lifecycle, Transition
-from der_actors.messages import Allocation, BessDetails, Details, EvDetails, PvDetails, Telemetry, WindDetails
+from der_actors.messages import BessDetails, Details, EvDetails, PvDetails, Telemetry, WindDetails
 from der_actors.storage.base import HeartbeatRow, StoredPoint
-from der_actors.views import DispatchView, Leg, SessionSummary
+from der_actors.views import DispatchView, SessionSummary
 
 _DETAIL_KINDS: dict[str, type] = {"bess": BessDetails, "pv": PvDetails, "wind": WindDetails, "ev": EvDetails}
 _KIND_OF = {cls: kind for kind, cls in _DETAIL_KINDS.items()}
@@ -26,14 +28,18 @@ def _dumps(value: object) -> str:
 def details_json(details: Details) -> str | None:
     if details is None:
         return None
-    return _dumps({"kind": _KIND_OF[type(details)], **attrs.asdict(details)})
+    return _dumps({"kind": _KIND_OF.get(type(details), type(details).__name__), **attrs.asdict(details)})
 
 
 def details_from(text: str | None) -> Details:
     if text is None:
         return None
     fields = json.loads(text)
-    return _DETAIL_KINDS[fields.pop("kind")](**fields)
+    cls = _DETAIL_KINDS.get(fields.pop("kind"))
+    try:
+        return cls(**fields) if cls else None
+    except TypeError:  # fields of another release
+        return None
 
 
 # --- telemetry -------------------------------------------------------------------------------
@@ -63,40 +69,21 @@ def stored_point(asset_id: str, row: tuple) -> StoredPoint:
 
 DISPATCH_COLUMNS = (
     "dispatch_id", "created_at", "updated_at", "state", "target", "asset_id", "site_id", "requested_mw",
-    "applied_mw", "clamped", "duration_s", "mode", "shortfall_mw", "message", "lifecycle", "legs", "allocations",
+    "applied_mw", "mode", "message", "view",
 )
+_views = cattrs.Converter()  # DispatchView <-> plain JSON; unknown keys are ignored on the way back
 
 
 def dispatch_row(v: DispatchView) -> tuple:
     history = v.lifecycle.history
     return (
         v.dispatch_id, history[0].at, history[-1].at, v.lifecycle.state.value, v.target, v.asset_id, v.site_id,
-        v.requested_mw, v.applied_mw, bool(v.clamped), v.duration_s, v.mode, v.shortfall_mw, v.message,
-        _dumps([[t.state.value, t.at, t.reason] for t in history]),
-        _dumps([attrs.asdict(leg) for leg in v.legs]),
-        _dumps([[a.asset_id, a.mw] for a in v.allocations]),
+        v.requested_mw, v.applied_mw, v.mode, v.message, _dumps(_views.unstructure(v)),
     )
 
 
-def dispatch_view(row: tuple) -> DispatchView:
-    (dispatch_id, _created, _updated, _state, target, asset_id, site_id, requested_mw, applied_mw, clamped,
-     duration_s, mode, shortfall_mw, message, lifecycle, legs, allocations) = row
-    return DispatchView(
-        dispatch_id=dispatch_id,
-        target=target,
-        asset_id=asset_id,
-        site_id=site_id,
-        requested_mw=requested_mw,
-        applied_mw=applied_mw,
-        clamped=bool(clamped),
-        duration_s=duration_s,
-        mode=mode,
-        lifecycle=Lifecycle(tuple(Transition(DispatchState(s), at, reason) for s, at, reason in json.loads(lifecycle))),
-        legs=tuple(Leg(**leg) for leg in json.loads(legs)),
-        allocations=tuple(Allocation(a, mw) for a, mw in json.loads(allocations)),
-        shortfall_mw=shortfall_mw,
-        message=message,
-    )
+def dispatch_view(view_json: str) -> DispatchView:
+    return _views.structure(json.loads(view_json), DispatchView)
 
 
 # --- sessions and heartbeats -----------------------------------------------------------------

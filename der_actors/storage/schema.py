@@ -14,8 +14,10 @@ Layout (measured choices; see DESIGN.md section 5 and bench/store_bench.py):
   is stored once (`ON CONFLICT DO NOTHING`). `(asset_key, ts)` serves history by time and pruning.
   The integer key only appears where volume makes it pay (telemetry, heartbeat_assets); the small
   tables name assets by `asset_id`. `telemetry_v` shows telemetry with its asset_id for humans.
-- Nested parts of a dispatch (its lifecycle history, legs, allocations) and telemetry details are
-  JSON text, written and read by `der_actors.storage.rows`; the columns filtered on are plain.
+- A dispatch is stored whole as JSON (`view`: its lifecycle history with timestamps, legs,
+  allocations, everything; cattrs, so a field added to `DispatchView` is kept without a migration)
+  beside plain columns for filtering and for people reading the table. Telemetry details are JSON
+  tagged with their kind. Both are written and read by `der_actors.storage.rows`.
 - `*_assets` tables index which assets a dispatch, session or heartbeat concerns, so every history
   query is one index range read, newest first.
 """
@@ -88,14 +90,9 @@ _V1 = [
         site_id TEXT NOT NULL,
         requested_mw {real} NOT NULL,
         applied_mw {real} NOT NULL,
-        clamped {bool} NOT NULL,
-        duration_s {real} NOT NULL,
         mode TEXT NOT NULL,
-        shortfall_mw {real} NOT NULL,
         message TEXT NOT NULL,
-        lifecycle TEXT NOT NULL,
-        legs TEXT NOT NULL,
-        allocations TEXT NOT NULL
+        view TEXT NOT NULL
     )""",
     "CREATE INDEX dispatches_created ON dispatches (created_at, rec)",
     "CREATE INDEX dispatches_site ON dispatches (site_id, created_at, rec)",

@@ -26,6 +26,7 @@ from der_actors.storage import rows as R
 from der_actors.storage.base import (
     HeartbeatRow,
     SchemaTooNew,
+    StorageConfigError,
     StorageUnavailable,
     StoredPoint,
     WriteBatch,
@@ -62,7 +63,7 @@ _ASSET_UPSERT = (
     + ", ".join(f"{c} = excluded.{c}" for c in _ASSET_COLUMNS if c != "asset_id")
 )
 _ASSET_KEY = "(SELECT asset_key FROM assets WHERE asset_id = ?)"
-_D_COLS = ", ".join(f"d.{c}" for c in R.DISPATCH_COLUMNS)
+_D_COLS = "d.view"
 _S_COLS = ", ".join(f"s.{c}" for c in R.SESSION_COLUMNS)
 _H_COLS = ", ".join(f"h.{c}" for c in R.HEARTBEAT_COLUMNS)
 
@@ -176,9 +177,15 @@ class SqlStorage:
 
     @contextlib.contextmanager
     def _writing(self) -> Iterator[Any]:
-        """The writer connection, (re)connected as needed; dropped after an error that broke it."""
+        """The writer connection, (re)connected as needed; dropped after an error that broke it.
+        Every "cannot write now" (unreachable, or migrated meanwhile by a newer headend) is
+        `StorageUnavailable`: the store actor keeps the rows and retries. Anything else means the
+        rows themselves were refused."""
         with self._write_mutex:
-            conn = self._writer_conn()
+            try:
+                conn = self._writer_conn()
+            except StorageConfigError as exc:
+                raise StorageUnavailable(str(exc)) from exc
             try:
                 yield conn
             except self.unavailable as exc:
@@ -372,7 +379,7 @@ class SqlStorage:
     def dispatch(self, dispatch_id: str) -> DispatchView | None:
         with self._reading() as conn:
             row = self._x(conn, f"SELECT {_D_COLS} FROM dispatches d WHERE d.dispatch_id = ?", (dispatch_id,)).fetchone()
-        return R.dispatch_view(row) if row else None
+        return R.dispatch_view(row[0]) if row else None
 
     def dispatch_history(self, asset_id: str | None, site_id: str | None, limit: int) -> list[DispatchView]:
         if asset_id is not None:
@@ -391,7 +398,7 @@ class SqlStorage:
             params = []
         params.append(limit)
         with self._reading() as conn:
-            return [R.dispatch_view(row) for row in self._x(conn, sql, tuple(params)).fetchall()]
+            return [R.dispatch_view(view) for (view,) in self._x(conn, sql, tuple(params)).fetchall()]
 
     def sessions(self, asset_id: str, limit: int) -> list[SessionSummary]:
         sql = (f"SELECT {_S_COLS} FROM session_assets sa JOIN agent_sessions s ON s.rec = sa.session_rec "

@@ -221,6 +221,10 @@ def headend_to_pb(msg: m.HeadendMessage) -> pb.HeadendMessage:
         _ts_to_pb(msg.issued_at, sp.issued_at)
     elif isinstance(msg, m.Heartbeat):
         _ts_to_pb(msg.timestamp, out.heartbeat.timestamp)
+    elif isinstance(msg, m.TelemetryAck):
+        ranges = out.telemetry_ack.ranges
+        for r in msg.ranges:
+            ranges.add(asset_id=r.asset_id, first_seq=r.first_seq, last_seq=r.last_seq)
     elif isinstance(msg, m.RegisterAck):
         ack = out.register_ack
         ack.session_id = msg.session_id
@@ -246,6 +250,10 @@ def headend_from_pb(p: pb.HeadendMessage) -> m.HeadendMessage:
         )
     if which == "heartbeat":
         return m.Heartbeat(timestamp=_ts_from_pb(p.heartbeat.timestamp))
+    if which == "telemetry_ack":
+        return m.TelemetryAck(
+            ranges=tuple(m.SeqRange(r.asset_id, r.first_seq, r.last_seq) for r in p.telemetry_ack.ranges)
+        )
     if which == "register_ack":
         ack = p.register_ack
         return m.RegisterAck(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from der_actors import __version__
+from der_actors.requests import STATES
 from der_actors.requests import MAX_ABS_MW
 
 _ERR = {"$ref": "#/components/responses/Error"}
@@ -53,11 +54,23 @@ def openapi_document() -> dict:
             "/heartbeat/{asset_id}": _get("Last heartbeat of the session serving the asset", [asset]),
             "/heartbeat/{asset_id}/history": _get("Heartbeats of sessions that served the asset, newest first", [asset, _LIMIT]),
             "/dispatch": {
+                "get": _get(
+                    "Recent dispatches (the last 10,000), newest first, by state and target",
+                    [{"name": "state", "in": "query", "schema": {"enum": list(STATES)}},
+                     _uuid_param("asset_id", "query"), _uuid_param("site_id", "query"), _LIMIT],
+                    errors=("400",))["get"],
                 "post": {
-                    "summary": "Dispatch a MW setpoint to an asset or a whole site",
+                    "summary": "Dispatch a MW setpoint to an asset or a whole site (pending while the target is offline)",
+                    "parameters": [
+                        {"name": "wait", "in": "query", "schema": {"enum": ["applied"]},
+                         "description": "wait for a final state (applied, rejected, expired, superseded, failed)"},
+                        {"name": "timeout_s", "in": "query", "schema": {"type": "number", "exclusiveMinimum": 0, "maximum": 60, "default": 5}},
+                    ],
                     "requestBody": {"required": True, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/DispatchRequest"}}}},
                     "responses": {
-                        "202": {"description": "Accepted and sent; poll GET /dispatch/{dispatch_id}",
+                        "200": {"description": "With wait: the final state reached",
+                                "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Dispatch"}}}},
+                        "202": {"description": "Accepted (sent or pending); poll GET /dispatch/{dispatch_id}",
                                 "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Dispatch"}}}},
                         "400": _ERR, "404": _ERR, "409": _ERR,
                     },
@@ -86,6 +99,7 @@ def openapi_document() -> dict:
                         "site_id": {"type": "string", "format": "uuid", "description": "target site (split across its assets)"},
                         "mw": {**_MW, "description": "+ export/discharge, - import/charge"},
                         "duration_s": {"type": "number", "minimum": 0, "description": "0 = hold until replaced"},
+                        "ttl_s": {"type": "number", "exclusiveMinimum": 0, "description": "never delivered after this (default DISPATCH_TTL_S, 300)"},
                     },
                 },
                 "Dispatch": {

@@ -15,15 +15,17 @@ from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
 from der_actors.actors.headend import Headend
-from der_actors.dispatching import Refused, preview_split
+from der_actors.dispatching import preview_split
 from der_actors.requests import (
     RequestError,
     parse_dispatch,
     parse_json,
     parse_limit,
     parse_mw_param,
+    parse_state,
     parse_time,
     parse_uuid_param,
+    parse_wait,
 )
 from der_actors.transport import json_views as jv
 from der_actors.transport.openapi import DOCS_HTML, openapi_document
@@ -146,13 +148,26 @@ def create_app(headend: Headend) -> QuartTrio:
 
     @app.post("/dispatch")
     async def dispatch():
+        wait_s = parse_wait(request.args.get("wait"), request.args.get("timeout_s"))
         req = parse_dispatch(parse_json(await request.get_data()), inventory)
-        try:
-            view = await ctx.dispatches.submit(req)
-        except Refused as exc:
-            log.info("dispatch_refused", asset_id=req.asset_id, site_id=req.site_id, mw=req.mw, reason=exc.message)
-            raise RequestError(409, "not_connected", exc.message, "site_id" if req.site_id else "asset_id") from None
-        return jv.dispatch_json(view), 202
+        view = await ctx.dispatches.submit(req)
+        if wait_s is not None and not view.lifecycle.state.terminal:
+            view = await ctx.dispatches.wait_terminal(view.dispatch_id, wait_s)
+        return jv.dispatch_json(view), 200 if view.lifecycle.state.terminal else 202
+
+    @app.get("/dispatch")
+    async def dispatch_list():
+        state = parse_state(request.args.get("state"))
+        asset_id = parse_uuid_param(request.args.get("asset_id"), "asset_id")
+        site_id = parse_uuid_param(request.args.get("site_id"), "site_id")
+        limit = parse_limit(request.args.get("limit"))
+        rows = [
+            v for v in reversed(ctx.dispatches.recent.values())
+            if (state is None or v.lifecycle.state.value == state)
+            and (asset_id is None or v.asset_id == asset_id)
+            and (site_id is None or v.site_id == site_id)
+        ]
+        return {"dispatches": [jv.dispatch_json(v) for v in rows[:limit]]}
 
     @app.get("/dispatch/history")
     async def dispatch_history():

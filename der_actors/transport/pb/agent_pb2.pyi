@@ -38,14 +38,16 @@ class AgentMessage(_message.Message):
     def __init__(self, register: _Optional[_Union[Register, _Mapping]] = ..., telemetry: _Optional[_Union[Telemetry, _Mapping]] = ..., telemetry_batch: _Optional[_Union[TelemetryBatch, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., setpoint_ack: _Optional[_Union[SetpointAck, _Mapping]] = ...) -> None: ...
 
 class HeadendMessage(_message.Message):
-    __slots__ = ("register_ack", "setpoint", "heartbeat")
+    __slots__ = ("register_ack", "setpoint", "heartbeat", "telemetry_ack")
     REGISTER_ACK_FIELD_NUMBER: _ClassVar[int]
     SETPOINT_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
+    TELEMETRY_ACK_FIELD_NUMBER: _ClassVar[int]
     register_ack: RegisterAck
     setpoint: Setpoint
     heartbeat: Heartbeat
-    def __init__(self, register_ack: _Optional[_Union[RegisterAck, _Mapping]] = ..., setpoint: _Optional[_Union[Setpoint, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ...) -> None: ...
+    telemetry_ack: TelemetryAck
+    def __init__(self, register_ack: _Optional[_Union[RegisterAck, _Mapping]] = ..., setpoint: _Optional[_Union[Setpoint, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., telemetry_ack: _Optional[_Union[TelemetryAck, _Mapping]] = ...) -> None: ...
 
 class AssetInfo(_message.Message):
     __slots__ = ("asset_id", "site_id", "type", "max_mw", "min_mw", "capacity_mwhr", "ramp_rate_mw_per_min", "efficiency", "name")
@@ -224,3 +226,19 @@ class SetpointAck(_message.Message):
     message: str
     allocations: _containers.RepeatedCompositeFieldContainer[Allocation]
     def __init__(self, setpoint_id: _Optional[str] = ..., state: _Optional[_Union[SetpointAck.State, str]] = ..., message: _Optional[str] = ..., allocations: _Optional[_Iterable[_Union[Allocation, _Mapping]]] = ...) -> None: ...
+
+class SeqRange(_message.Message):
+    __slots__ = ("asset_id", "first_seq", "last_seq")
+    ASSET_ID_FIELD_NUMBER: _ClassVar[int]
+    FIRST_SEQ_FIELD_NUMBER: _ClassVar[int]
+    LAST_SEQ_FIELD_NUMBER: _ClassVar[int]
+    asset_id: str
+    first_seq: int
+    last_seq: int
+    def __init__(self, asset_id: _Optional[str] = ..., first_seq: _Optional[int] = ..., last_seq: _Optional[int] = ...) -> None: ...
+
+class TelemetryAck(_message.Message):
+    __slots__ = ("ranges",)
+    RANGES_FIELD_NUMBER: _ClassVar[int]
+    ranges: _containers.RepeatedCompositeFieldContainer[SeqRange]
+    def __init__(self, ranges: _Optional[_Iterable[_Union[SeqRange, _Mapping]]] = ...) -> None: ...
