@@ -13,7 +13,10 @@ import attrs
 
 from der_actors.model import AssetType
 
-PROTOCOL_VERSION = 1
+# 2 added TelemetryAck (spooled, at-least-once telemetry). A version-1 agent still works: it ignores
+# the acks. Version 0 means the field was never set: an agent older than this contract.
+PROTOCOL_VERSION = 2
+MIN_PROTOCOL_VERSION = 1
 
 
 @attrs.frozen

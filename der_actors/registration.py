@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import attrs
 
-from der_actors.messages import PROTOCOL_VERSION, Register, Rejection
+from der_actors.messages import MIN_PROTOCOL_VERSION, PROTOCOL_VERSION, Register, Rejection
 from der_actors.model import Inventory
 
 
@@ -24,6 +24,9 @@ class Review:
 def review_register(reg: Register, inventory: Inventory) -> Review:
     if reg.protocol_version > PROTOCOL_VERSION:
         return Review((), (), f"protocol_version {reg.protocol_version} is newer than this headend's {PROTOCOL_VERSION}")
+    if reg.protocol_version < MIN_PROTOCOL_VERSION:
+        return Review((), (), f"protocol_version {reg.protocol_version} is older than the oldest this headend "
+                              f"supports ({MIN_PROTOCOL_VERSION}); upgrade the agent")
     claimed = [a.asset_id for a in reg.assets]
     if reg.asset_id and reg.asset_id not in claimed:
         claimed.insert(0, reg.asset_id)  # legacy agents may announce only their primary asset

@@ -86,7 +86,8 @@ def test_legacy_register_with_only_asset_id_claims_it():
     "reg, refusal",
     [
         (Register("a", "", HARBOUR, "", ()), "register lists no assets"),
-        (Register("a", "", HARBOUR, BESS1, (), protocol_version=2), "protocol_version 2 is newer"),
+        (Register("a", "", HARBOUR, BESS1, (), protocol_version=3), "protocol_version 3 is newer"),
+        (Register("a", "", HARBOUR, BESS1, (), protocol_version=0), "protocol_version 0 is older"),
     ],
 )
 def test_register_refusals(reg, refusal):
@@ -181,3 +182,14 @@ def test_backoff_full_jitter_doubles_to_cap_and_resets():
     assert ceilings == [0.5, 1, 2, 4, 8, 16, 30, 30]
     b.reset()
     assert b.ceiling() == 0.5
+
+
+# --- telemetry acks ----------------------------------------------------------------------------
+
+
+def test_seq_ranges_compress_each_assets_seqs():
+    from der_actors.acks import seq_ranges
+    from der_actors.messages import SeqRange
+
+    got = seq_ranges([("a", 3), ("b", 1), ("a", 1), ("a", 2), ("a", 7), ("a", 7), ("a", 5), ("a", 6)])
+    assert got == {"a": [SeqRange("a", 1, 3), SeqRange("a", 5, 7)], "b": [SeqRange("b", 1, 1)]}

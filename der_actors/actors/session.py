@@ -17,6 +17,7 @@ import attrs
 import structlog
 import trio
 
+from der_actors.acks import seq_ranges
 from der_actors.actors.asset import Connected, Disconnected, TelemetryArrived
 from der_actors.actors.context import HeadendContext
 from der_actors.messages import (
@@ -26,7 +27,9 @@ from der_actors.messages import (
     Rejection,
     Setpoint,
     SetpointAck,
+    SeqRange,
     Telemetry,
+    TelemetryAck,
     TelemetryBatch,
 )
 from der_actors.registration import review_register
@@ -74,6 +77,14 @@ class SessionHandle:
             return True
         except (trio.WouldBlock, *LINK_ERRORS):
             return False
+
+    def ack_telemetry(self, ranges: tuple[SeqRange, ...]) -> None:
+        """Tell the agent these points are stored. A full inbox skips it: the agent replays them
+        later and the store keeps one copy, so a lost ack costs bandwidth, never data."""
+        try:
+            self._commands.send_nowait(TelemetryAck(ranges))
+        except (trio.WouldBlock, *LINK_ERRORS):
+            pass
 
     def lost_asset(self, asset_id: str, reason: str) -> None:
         try:
@@ -261,7 +272,7 @@ class Session:
 
     async def _commands_loop(self) -> None:
         async for cmd in self.commands:
-            if isinstance(cmd, Setpoint):
+            if isinstance(cmd, Setpoint | TelemetryAck):
                 await self._send(cmd)
             elif isinstance(cmd, _LostAsset):
                 self.owned.discard(cmd.asset_id)
@@ -281,6 +292,20 @@ class Session:
             await self.conn.outbound.send(msg)
         except LINK_ERRORS:
             self._end("stream closed")
+
+
+def acknowledge_stored(ctx: HeadendContext, keys: list[tuple[str, int]]) -> None:
+    """The store committed these (asset_id, seq): tell each asset's serving session (store hook)."""
+    by_session: dict[str, list[SeqRange]] = defaultdict(list)
+    owners = ctx.directory.owners
+    for asset_id, ranges in seq_ranges(keys).items():
+        session_id = owners.get(asset_id)
+        if session_id is not None:
+            by_session[session_id].extend(ranges)
+    for session_id, ranges in by_session.items():
+        session = ctx.directory.sessions.get(session_id)
+        if session is not None:
+            session.ack_telemetry(tuple(ranges))
 
 
 async def run_session(ctx: HeadendContext, conn: AgentConnection) -> None:

@@ -74,6 +74,9 @@ class StoreActor:
     prune_first_s: float = 60.0  # first pass soon after start, so frequent restarts still prune
     prune_rows: int = 5_000
     now: Callable[[], float] = time.time  # wall clock for the retention cutoff
+    # Called (on the trio thread) with the points of each committed batch, replays included: the
+    # hook for telling agents what is durably stored. Rejected and dropped points are not passed.
+    stored_listeners: list[Callable[[list[StoredPoint]], None]] = attrs.field(factory=list)
     counters: StoreCounters = attrs.field(factory=StoreCounters)
     last_error: str = ""  # non-empty while writes are failing
     _points: deque[StoredPoint] = attrs.field(factory=deque)
@@ -234,6 +237,12 @@ class StoreActor:
             c.duplicate_points += len(batch.points) - (new if isinstance(new, int) else len(batch.points))
             c.stored_records += batch.records
             c.batches += 1
+            if batch.points:
+                for listener in self.stored_listeners:
+                    try:
+                        listener(batch.points)
+                    except Exception:  # a listener's bug must not stop history
+                        log.exception("store_listener_failed", listener=repr(listener))
 
     def _reject(self, batch: WriteBatch, exc: Exception) -> None:
         self.counters.rejected_points += len(batch.points)
