@@ -30,6 +30,7 @@ class HeadendSettings:
     reset_db: bool
     log_format: str
     dispatch_ack_timeout_s: float
+    dispatch_ttl_s: float = 300.0
     telemetry_retention_days: float = 30.0
 
 
@@ -44,6 +45,7 @@ _OPTIONS = (
     ("RESET_DB", "--reset-db", "", "empty history tables at start-up (truthy)"),
     ("LOG_FORMAT", "--log-format", "kv", "kv or json"),
     ("DISPATCH_ACK_TIMEOUT_S", "--dispatch-ack-timeout-s", "10", "fail a dispatch with no outcome by then"),
+    ("DISPATCH_TTL_S", "--dispatch-ttl-s", "300", "default time a dispatch may wait for an offline target"),
     ("TELEMETRY_RETENTION_DAYS", "--telemetry-retention-days", "30", "prune stored telemetry older than this"),
 )
 
@@ -97,5 +99,6 @@ def load_settings(argv: Sequence[str] | None = None, env: Mapping[str, str] | No
         reset_db=truthy(raw["RESET_DB"]),
         log_format=raw["LOG_FORMAT"],
         dispatch_ack_timeout_s=_positive(raw["DISPATCH_ACK_TIMEOUT_S"], "DISPATCH_ACK_TIMEOUT_S"),
+        dispatch_ttl_s=_positive(raw["DISPATCH_TTL_S"], "DISPATCH_TTL_S"),
         telemetry_retention_days=_positive(raw["TELEMETRY_RETENTION_DAYS"], "TELEMETRY_RETENTION_DAYS", "days"),
     )

@@ -38,6 +38,7 @@ class DispatchState(str, enum.Enum):
 
 S = DispatchState
 _TERMINAL = frozenset({S.APPLIED, S.REJECTED, S.EXPIRED, S.SUPERSEDED, S.FAILED})
+TERMINAL_STATES = tuple(sorted(st.value for st in _TERMINAL))
 _ALLOWED: dict[DispatchState, frozenset[DispatchState]] = {
     S.SUBMITTED: frozenset({S.PENDING, S.SENT, S.EXPIRED, S.SUPERSEDED}),
     S.PENDING: frozenset({S.SENT, S.EXPIRED, S.SUPERSEDED}),

@@ -42,24 +42,38 @@ async def run_server(
     config = HeadendConfig(
         heartbeat_timeout_s=settings.heartbeat_timeout_s,
         dispatch_ack_timeout_s=settings.dispatch_ack_timeout_s,
+        dispatch_ttl_s=settings.dispatch_ttl_s,
     )
     async with trio.open_nursery() as nursery:
         headend = await nursery.start(
             functools.partial(run_headend, retention_days=settings.telemetry_retention_days),
             config, inventory, storage, WallClock.calibrated(),
         )
-        grpc_port = await nursery.start(serve_agents, settings.grpc_host, settings.grpc_port, headend.accept.clone())
-        http = HypercornConfig()
-        http.bind = [f"{settings.http_host}:{settings.http_port}"]
-        http.accesslog = None
-        http.errorlog = None
-        binds = await nursery.start(serve_http, create_app(headend), http)
-        running = RunningHeadend(headend, binds[0], grpc_port)
-        log.info("headend_started", http=running.http_url, grpc=f"{settings.grpc_host}:{grpc_port}",
-                 assets=len(inventory.assets), sites=len(inventory.sites))
-        task_status.started(running)
-        await shutdown.wait()
-        log.info("headend_stopping")
+        async with trio.open_nursery() as front:  # the doors: closed first on shutdown
+            grpc_port = await front.start(serve_agents, settings.grpc_host, settings.grpc_port, headend.accept.clone())
+            http = HypercornConfig()
+            http.bind = [f"{settings.http_host}:{settings.http_port}"]
+            http.accesslog = None
+            http.errorlog = None
+            binds = await front.start(serve_http, create_app(headend), http)
+            running = RunningHeadend(headend, binds[0], grpc_port)
+            log.info("headend_started", http=running.http_url, grpc=f"{settings.grpc_host}:{grpc_port}",
+                     assets=len(inventory.assets), sites=len(inventory.sites), dispatch_ttl_s=config.dispatch_ttl_s)
+            task_status.started(running)
+            await shutdown.wait()
+            log.info("headend_stopping")
+            front.cancel_scope.cancel()
+        await _close_sessions(headend, deadline_s=2)
         with trio.move_on_after(5):
             await headend.ctx.store.flushed()
         nursery.cancel_scope.cancel()
+
+
+async def _close_sessions(headend: Headend, deadline_s: float) -> None:
+    """End every session with a reason, so their records say why (before the last history flush)."""
+    directory = headend.ctx.directory
+    for session in list(directory.sessions.values()):
+        session.close("headend shutting down")
+    with trio.move_on_after(deadline_s):
+        while directory.sessions:
+            await trio.sleep(0.01)

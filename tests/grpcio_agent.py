@@ -151,12 +151,12 @@ class GrpcioAgent:
         return item
 
     async def receive_kind(self, kind: str, timeout: float = 10.0):
-        """The next HeadendMessage whose body is `kind` (skipping the headend's heartbeats)."""
+        """The next HeadendMessage whose body is `kind` (skipping heartbeats and telemetry acks)."""
         while True:
             msg = await self.receive(timeout)
             if msg.WhichOneof("body") == kind:
                 return getattr(msg, kind)
-            assert msg.WhichOneof("body") == "heartbeat", f"expected {kind}, got {msg}"
+            assert msg.WhichOneof("body") in ("heartbeat", "telemetry_ack"), f"expected {kind}, got {msg}"
 
     async def wait_ended(self, timeout: float = 10.0) -> StreamEnded:
         """Wait for the headend to end the stream (skipping anything still arriving)."""

@@ -35,7 +35,7 @@ async def connect(edge, *asset_ids, gateway=True):
 
 async def answer(edge, state=AckState.APPLIED) -> Setpoint:
     sp = await edge.inbound.receive()
-    assert isinstance(sp, Setpoint)
+    assert isinstance(sp, Setpoint), sp
     await edge.outbound.send(SetpointAck(sp.setpoint_id, AckState.RECEIVED))
     await edge.outbound.send(SetpointAck(sp.setpoint_id, state, "done"))
     return sp
@@ -121,3 +121,37 @@ async def test_offline_site_dispatch_waits_whole_for_its_gateway(book_and_networ
         assert (sp.asset_id, sp.site_id, sp.mw) == ("", HARBOUR, 6.0)
         done = await book.wait_terminal(view.dispatch_id, 5)
     assert done.mode == "gateway_split" and done.lifecycle.state is S.APPLIED
+
+
+async def test_unfinished_dispatches_resume_after_a_headend_restart(autojump_clock):
+    storage = MemoryStorage()
+    async with trio.open_nursery() as first_run:
+        h = await first_run.start(run_headend, HeadendConfig(), INV, storage, WallClock.pinned(EPOCH))
+        net = MemoryNetwork(accept_channel=h.accept.clone())
+        waiting = await h.ctx.dispatches.submit(DispatchRequest(mw=1.0, asset_id=BESS2, ttl_s=600))
+        short = await h.ctx.dispatches.submit(DispatchRequest(mw=1.0, asset_id=BESS3, ttl_s=20))
+        async with net.dial("gw") as edge:
+            await connect(edge, BESS1)
+            in_flight = await h.ctx.dispatches.submit(DispatchRequest(mw=2.0, asset_id=BESS1, ttl_s=600))
+            first_sp = await edge.inbound.receive()  # the agent gets it, then the headend stops
+            await h.ctx.store.flushed()
+            first_run.cancel_scope.cancel()
+    await trio.sleep(30)  # down for 30 s: `short` is past its TTL by the restart
+
+    async with trio.open_nursery() as second_run:
+        h = await second_run.start(run_headend, HeadendConfig(), INV, storage, WallClock.pinned(EPOCH))
+        book = h.ctx.dispatches
+        assert (await book.view(waiting.dispatch_id)).lifecycle.state is S.PENDING
+        resumed = await book.view(in_flight.dispatch_id)
+        assert resumed.lifecycle.state is S.PENDING and "outcome unknown" in resumed.lifecycle.history[-1].reason
+        expired = await book.wait_terminal(short.dispatch_id, 1)
+        assert expired.lifecycle.state is S.EXPIRED
+        net = MemoryNetwork(accept_channel=h.accept.clone())
+        async with net.dial("gw") as edge:
+            await connect(edge, BESS1, BESS2)
+            again = [await answer(edge), await answer(edge)]
+        assert [sp.setpoint_id for sp in again] == [waiting.dispatch_id, in_flight.dispatch_id]  # submission order
+        assert again[1].setpoint_id == first_sp.setpoint_id  # same id: the agent deduplicates
+        for d in (waiting, in_flight):
+            assert (await book.wait_terminal(d.dispatch_id, 5)).lifecycle.state is S.APPLIED
+        second_run.cancel_scope.cancel()

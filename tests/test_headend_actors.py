@@ -13,7 +13,8 @@ from der_actors.dispatching import DispatchRequest
 from der_actors.inventory import load_inventory
 from der_actors.lifecycle import DispatchState
 from der_actors.messages import (
-    AckState, AssetInfo, Heartbeat, Register, RegisterAck, Setpoint, SetpointAck, Telemetry, TelemetryBatch,
+    AckState, AssetInfo, Heartbeat, Register, RegisterAck, SeqRange, Setpoint, SetpointAck, Telemetry,
+    TelemetryAck, TelemetryBatch,
 )
 from der_actors.storage.memory import MemoryStorage
 from der_actors.transport.link import MemoryNetwork
@@ -148,3 +149,17 @@ async def test_non_finite_telemetry_is_rejected_and_the_rest_of_the_batch_kept(h
         assert headend.ctx.assets[BESS2].view.latest.seq == 2
         assert headend.ctx.assets[BESS1].view.latest is None
         assert headend.ctx.directory.session_for(BESS1).ignored_points == 2
+
+
+async def test_stored_telemetry_is_acknowledged_to_the_agent_after_the_commit(headend, autojump_clock):
+    async with headend.network.dial("gw") as edge:
+        await register(edge, BESS1, BESS2)
+        points = [Telemetry(a, HARBOUR, seq, EPOCH + seq, 1.0, 0.0) for seq in (1, 2, 3, 5) for a in (BESS1, BESS2)]
+        await edge.outbound.send(TelemetryBatch(tuple(points)))
+        ack = await edge.inbound.receive()
+        assert isinstance(ack, TelemetryAck)
+        assert sorted(ack.ranges, key=lambda r: (r.asset_id, r.first_seq)) == sorted(
+            [SeqRange(a, 1, 3) for a in (BESS1, BESS2)] + [SeqRange(a, 5, 5) for a in (BESS1, BESS2)],
+            key=lambda r: (r.asset_id, r.first_seq),
+        )
+        assert trio.current_time() == pytest.approx(0.05)  # one batch delay: acked only once written

@@ -24,7 +24,7 @@ from der_actors.dispatching import DispatchRequest
 from der_actors.inventory import load_inventory
 from der_actors.lifecycle import DispatchState, Lifecycle
 from der_actors.messages import (
-    AckState, AssetInfo, Heartbeat, Register, RegisterAck, Setpoint, SetpointAck, Telemetry, TelemetryBatch,
+    AckState, AssetInfo, Heartbeat, Register, RegisterAck, Setpoint, SetpointAck, Telemetry, TelemetryAck, TelemetryBatch,
 )
 from der_actors.storage.base import StorageUnavailable, StoredPoint, WriteBatch
 from der_actors.storage.memory import MemoryStorage
@@ -121,10 +121,10 @@ async def test_a_row_the_database_refuses_is_rejected_alone_and_the_rest_is_writ
 # --- a headend through an outage -------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def outage_engine(name: str, tmp_path):
+@pytest.fixture(params=["sqlite", "postgres"])
+def outage(request, tmp_path):
     """(storage, outage control with down()/up(), whether reads fail while it is down)."""
-    if name == "sqlite":
+    if request.param == "sqlite":
         path = str(tmp_path / "h.sqlite3")
         storage = SqliteStorage(path, busy_timeout_s=0.01)
         storage.open()
@@ -187,57 +187,58 @@ class Agent:
         self.sent += len(self.asset_ids)
 
 
-@pytest.mark.parametrize("engine_name", ["sqlite", "postgres"])
-async def test_an_outage_never_stops_telemetry_or_dispatch_and_history_drains_after(engine_name, tmp_path, autojump_clock):
-    with outage_engine(engine_name, tmp_path) as (storage, outage, reads_fail):
-        async with headend(storage, batch_rows=20, buffer_rows=60, retry_initial_s=0.5, retry_cap_s=2) as (h, net):
-            ctx, store = h.ctx, h.ctx.store
-            async with net.dial("gw") as edge:
-                agent = Agent(edge, BESS1, BESS2, BESS3)
-                await agent.register()
-                for _ in range(5):
-                    await agent.tick()
-                await store.flushed()
-                assert storage.count_telemetry() == 15
+async def test_an_outage_never_stops_telemetry_or_dispatch_and_history_drains_after(outage, autojump_clock):
+    storage, outage, reads_fail = outage
+    async with headend(storage, batch_rows=20, buffer_rows=60, retry_initial_s=0.5, retry_cap_s=2) as (h, net):
+        ctx, store = h.ctx, h.ctx.store
+        async with net.dial("gw") as edge:
+            agent = Agent(edge, BESS1, BESS2, BESS3)
+            await agent.register()
+            for _ in range(5):
+                await agent.tick()
+            await store.flushed()
+            assert storage.count_telemetry() == 15
 
-                outage.down()
-                for _ in range(40):  # 120 points, twice the buffer
-                    await agent.tick()
-                    await eventually(lambda: ctx.assets[BESS3].view.latest.seq == agent.seq)  # "now" goes on
-                    assert ctx.assets[BESS1].view.connected
-                await eventually(lambda: store.counters.write_errors > 0)
-                view = await ctx.dispatches.submit(DispatchRequest(mw=1.0, asset_id=BESS1))
+            outage.down()
+            for _ in range(40):  # 120 points, twice the buffer
+                await agent.tick()
+                await eventually(lambda: ctx.assets[BESS3].view.latest.seq == agent.seq)  # "now" goes on
+                assert ctx.assets[BESS1].view.connected
+            await eventually(lambda: store.counters.write_errors > 0)
+            view = await ctx.dispatches.submit(DispatchRequest(mw=1.0, asset_id=BESS1))
+            setpoint = await edge.inbound.receive()
+            while isinstance(setpoint, TelemetryAck):  # acks for stored telemetry come first
                 setpoint = await edge.inbound.receive()
-                assert isinstance(setpoint, Setpoint) and setpoint.mw == 1.0
-                await edge.outbound.send(SetpointAck(setpoint.setpoint_id, AckState.APPLIED))
-                await eventually(lambda: ctx.dispatches.recent[view.dispatch_id].lifecycle.state is DispatchState.APPLIED)
-                await eventually(lambda: store.buffered_records > 0)  # the dispatch's records wait too
-                final = ctx.dispatches.recent[view.dispatch_id]
-                await edge.outbound.send(Heartbeat(EPOCH + 500))
-                await eventually(lambda: store.buffered_records >= 3)
+            assert isinstance(setpoint, Setpoint) and setpoint.mw == 1.0
+            await edge.outbound.send(SetpointAck(setpoint.setpoint_id, AckState.APPLIED))
+            await eventually(lambda: ctx.dispatches.recent[view.dispatch_id].lifecycle.state is DispatchState.APPLIED)
+            await eventually(lambda: store.buffered_records > 0)  # the dispatch's records wait too
+            final = ctx.dispatches.recent[view.dispatch_id]
+            await edge.outbound.send(Heartbeat(EPOCH + 500))
+            await eventually(lambda: store.buffered_records >= 3)
 
-                c = store.counters
-                assert c.received_points == agent.sent == 135
-                assert c.received_points == c.stored_points + store.buffered_points + c.dropped_points + c.rejected_points
-                assert c.dropped_points > 0 and store.buffered_points <= 60 + 20
-                assert not store.healthy
-                if reads_fail:
-                    with pytest.raises(StorageUnavailable):
-                        await store.query(storage.telemetry_history, BESS1, None, None, 10)
-                else:
-                    assert len(await store.query(storage.telemetry_history, BESS1, None, None, 100)) >= 5
+            c = store.counters
+            assert c.received_points == agent.sent == 135
+            assert c.received_points == c.stored_points + store.buffered_points + c.dropped_points + c.rejected_points
+            assert c.dropped_points > 0 and store.buffered_points <= 60 + 20
+            assert not store.healthy
+            if reads_fail:
+                with pytest.raises(StorageUnavailable):
+                    await store.query(storage.telemetry_history, BESS1, None, None, 10)
+            else:
+                assert len(await store.query(storage.telemetry_history, BESS1, None, None, 100)) >= 5
 
-                outage.up()
-                await eventually(lambda: store.buffered_points == 0 and store.buffered_records == 0)
-                assert store.healthy
-                assert c.received_points == c.stored_points + c.dropped_points and c.rejected_points == 0
-                assert c.duplicate_points == 0
-                assert storage.count_telemetry() == c.stored_points == 135 - c.dropped_points
-                newest = await store.query(storage.telemetry_history, BESS3, None, None, 1)
-                assert newest[0].point.seq == agent.seq
-                assert await store.query(storage.dispatch, view.dispatch_id) == final
-                heartbeats = await store.query(storage.heartbeats, BESS2, 10)
-                assert [hb.timestamp for hb in heartbeats] == [EPOCH + 500]
+            outage.up()
+            await eventually(lambda: store.buffered_points == 0 and store.buffered_records == 0)
+            assert store.healthy
+            assert c.received_points == c.stored_points + c.dropped_points and c.rejected_points == 0
+            assert c.duplicate_points == 0
+            assert storage.count_telemetry() == c.stored_points == 135 - c.dropped_points
+            newest = await store.query(storage.telemetry_history, BESS3, None, None, 1)
+            assert newest[0].point.seq == agent.seq
+            assert await store.query(storage.dispatch, view.dispatch_id) == final
+            heartbeats = await store.query(storage.heartbeats, BESS2, 10)
+            assert [hb.timestamp for hb in heartbeats] == [EPOCH + 500]
 
 
 async def test_a_replayed_point_is_stored_once_and_counted(tmp_path, autojump_clock):
@@ -283,7 +284,7 @@ async def test_retention_prunes_old_telemetry_in_small_batches(nursery, autojump
 
 async def test_history_and_sessions_survive_a_headend_restart(engine, autojump_clock):
     storage = engine.open()
-    async with headend(storage) as (h, net):
+    async with contextlib.AsyncExitStack() as outlives_the_headend, headend(storage) as (h, net):
         async with net.dial("gw-1") as edge:
             agent = Agent(edge, BESS1, BESS2)
             first = await agent.register()
@@ -291,15 +292,15 @@ async def test_history_and_sessions_survive_a_headend_restart(engine, autojump_c
                 await agent.tick()
             view = await h.ctx.dispatches.submit(DispatchRequest(mw=0.5, asset_id=BESS1))
             sp = await edge.inbound.receive()
+            while isinstance(sp, TelemetryAck):
+                sp = await edge.inbound.receive()
             await edge.outbound.send(SetpointAck(sp.setpoint_id, AckState.APPLIED))
             await eventually(lambda: h.ctx.dispatches.recent[view.dispatch_id].lifecycle.state.terminal)
             final = h.ctx.dispatches.recent[view.dispatch_id]
         await eventually(lambda: not h.ctx.assets[BESS1].view.connected)
-        dial = net.dial("gw-2")  # left connected when the headend stops
-        edge2 = await dial.__aenter__()
+        edge2 = await outlives_the_headend.enter_async_context(net.dial("gw-2"))  # connected when it stops
         second = await Agent(edge2, BESS3).register()
         await h.ctx.store.flushed()
-    await dial.__aexit__(None, None, None)
     storage.close()
 
     storage = engine.open()

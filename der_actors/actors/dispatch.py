@@ -229,7 +229,9 @@ class _Dispatch:
         if plan is not None:
             plan = await self._sent(inbox_send, plan, undelivered=self.book._send(plan))
         else:
-            if self.view.lifecycle.state is not DispatchState.PENDING:
+            if self.view.lifecycle.state is DispatchState.PENDING:
+                self._publish(store=False)  # resumed as pending: readers see it from memory again
+            else:
                 self._to(DispatchState.PENDING, "target not connected")
             self.book.expect_pending(self.view, inbox_send)
             self.book.deliver_if_online(self.view)  # the target may have registered meanwhile

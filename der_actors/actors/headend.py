@@ -9,19 +9,22 @@ Transports (gRPC, in-memory) get a clone of `accept` and send it one `AgentConne
 from __future__ import annotations
 
 import attrs
+import structlog
 import trio
 
 from der_actors.actors.asset import SESSIONS_KEPT, run_asset
 from der_actors.actors.context import HeadendConfig, HeadendContext
 from der_actors.actors.directory import run_directory
-from der_actors.actors.dispatch import run_dispatch_supervisor
-from der_actors.actors.session import run_session_manager
+from der_actors.actors.dispatch import DispatchBook, run_dispatch_supervisor
+from der_actors.actors.session import acknowledge_stored, run_session_manager
 from der_actors.actors.store import StoreActor
 from der_actors.clock import WallClock
 from der_actors.model import Inventory
 from der_actors.storage.base import Storage
 from der_actors.transport.link import AgentConnection
 from der_actors.views import SessionSummary
+
+log = structlog.get_logger("der.headend")
 
 # New streams waiting for a session actor; sessions start in microseconds, so this only absorbs a
 # reconnect storm's burst.
@@ -57,8 +60,23 @@ async def run_headend(
         assets = {a.id: await nursery.start(run_asset, a, recent.get(a.id, ())) for a in inventory.assets}
         ctx = HeadendContext(config, inventory, clock, assets, directory, store, dispatches)
         dispatches.ctx = ctx
+        store.stored_listeners.append(lambda points: acknowledge_stored(ctx, [(p.point.asset_id, p.point.seq) for p in points]))
+        await resume_dispatches(store, dispatches)
         await nursery.start(run_session_manager, ctx, accept_recv)
         task_status.started(Headend(ctx, accept_send))
+
+
+async def resume_dispatches(store: StoreActor, dispatches: DispatchBook) -> None:
+    """Take up what a previous run left unfinished, before any agent connects, in submission order."""
+    try:
+        unfinished = await store.query(store.storage.open_dispatches)
+    except Exception as exc:
+        log.warning("dispatch_resume_failed", error=str(exc), consequence="unfinished dispatches stay as stored")
+        return
+    for view in unfinished:
+        await dispatches.resume(view)
+    if unfinished:
+        log.info("dispatches_resumed", count=len(unfinished))
 
 
 def ended_by_restart(

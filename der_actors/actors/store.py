@@ -6,10 +6,12 @@ Policy (the decision the issue asks for, tested in tests/test_store_actor.py):
   telemetry "now", presence and dispatch never wait for the database.
 - A writer task takes a batch when it has `batch_rows` points, or `batch_delay_s` after the first row
   arrived, and writes it in one transaction (in a worker thread for a blocking engine).
-- Telemetry waits in a bounded buffer (`buffer_rows`, the store's inbox bound: at ~300 bytes a point,
-  the default 1,000,000 is ~300 MB, about 7 minutes of 10,000 assets at one point per 4 s). Past
-  it the OLDEST telemetry is dropped and counted. Dispatch, session and heartbeat records are never
-  dropped: they are few (a heartbeat per session per 30 s), and an audit trail with holes is worse.
+- Telemetry waits in a bounded buffer (`buffer_rows`, the store's inbox bound). Measured
+  (bench/store_bench.py): ~530 bytes of RSS per buffered point as decoded, so the default 500,000
+  is ~260 MB, 200 s of 10,000 assets at one point per 4 s, hours for a site of 100. Past it the
+  OLDEST telemetry is dropped and counted (an agent that spools unacknowledged points sends them
+  again). Dispatch, session and heartbeat records are never dropped: they are few (a heartbeat per
+  session per 30 s), and an audit trail with holes is worse than memory use.
 - A write the database cannot take now (`StorageUnavailable`: down, unreachable, locked, disk full)
   puts its batch back at the front of the buffers (then applies the bound, so a long outage keeps
   the newest telemetry) and is retried after a backoff (`retry_initial_s` doubling to
@@ -66,7 +68,7 @@ class StoreActor:
     storage: Storage
     batch_rows: int = 5_000
     batch_delay_s: float = 0.05
-    buffer_rows: int = 1_000_000
+    buffer_rows: int = 500_000  # see the module docstring for what it costs
     retry_initial_s: float = 0.5
     retry_cap_s: float = 30.0
     retention_s: float | None = None  # None: keep telemetry forever
@@ -74,8 +76,9 @@ class StoreActor:
     prune_first_s: float = 60.0  # first pass soon after start, so frequent restarts still prune
     prune_rows: int = 5_000
     now: Callable[[], float] = time.time  # wall clock for the retention cutoff
-    # Called (on the trio thread) with the points of each committed batch, replays included: the
-    # hook for telling agents what is durably stored. Rejected and dropped points are not passed.
+    # Called (on the trio thread) with the points of each committed batch, replays included, and with
+    # points the database refused: the hook that tells agents what they may unspool. Dropped points
+    # are not passed (the agent resends them).
     stored_listeners: list[Callable[[list[StoredPoint]], None]] = attrs.field(factory=list)
     counters: StoreCounters = attrs.field(factory=StoreCounters)
     last_error: str = ""  # non-empty while writes are failing
@@ -237,14 +240,21 @@ class StoreActor:
             c.duplicate_points += len(batch.points) - (new if isinstance(new, int) else len(batch.points))
             c.stored_records += batch.records
             c.batches += 1
-            if batch.points:
-                for listener in self.stored_listeners:
-                    try:
-                        listener(batch.points)
-                    except Exception:  # a listener's bug must not stop history
-                        log.exception("store_listener_failed", listener=repr(listener))
+            self._settled(batch.points)
+
+    def _settled(self, points: list[StoredPoint]) -> None:
+        """Tell the listeners these points need no resending: stored, or refused for their content
+        (a replay would be refused again and keep an agent's spool from ever draining)."""
+        if not points:
+            return
+        for listener in self.stored_listeners:
+            try:
+                listener(points)
+            except Exception:  # a listener's bug must not stop history
+                log.exception("store_listener_failed", listener=repr(listener))
 
     def _reject(self, batch: WriteBatch, exc: Exception) -> None:
+        self._settled(batch.points)
         self.counters.rejected_points += len(batch.points)
         self.counters.rejected_records += batch.records
         row = batch.points or batch.dispatches or batch.sessions or batch.heartbeats

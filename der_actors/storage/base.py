@@ -101,6 +101,9 @@ class Storage(Protocol):
     def dispatch_history(self, asset_id: str | None, site_id: str | None, limit: int) -> list[DispatchView]:
         """Newest first. `asset_id` matches the target asset or any allocation or leg asset."""
 
+    def open_dispatches(self) -> list[DispatchView]:
+        """Dispatches not yet in a final state, oldest first (resumed after a restart)."""
+
     def heartbeats(self, asset_id: str, limit: int) -> list[HeartbeatRow]:
         """Newest first: heartbeats of the sessions that served the asset."""
 

@@ -93,6 +93,9 @@ class MemoryStorage:
         out.sort(key=lambda d: d.lifecycle.history[0].at, reverse=True)
         return out[:limit]
 
+    def open_dispatches(self):
+        return [d for d in self._dispatches.values() if not d.lifecycle.state.terminal]
+
     def heartbeats(self, asset_id, limit):
         out = [h for h in reversed(self._heartbeats) if asset_id in h.asset_ids]
         out.sort(key=lambda h: h.received_at, reverse=True)

@@ -15,6 +15,7 @@ import contextlib
 from collections.abc import Iterator
 
 import psycopg
+import psycopg.errors
 from psycopg.conninfo import conninfo_to_dict
 
 from der_actors.storage.base import StorageConfigError
@@ -41,8 +42,9 @@ _DEFAULTS = {
 
 class PostgresStorage(SqlStorage):
     types = POSTGRES_TYPES
-    # server down or restarting, connection refused, reset or terminated: the write is retried
-    unavailable = (psycopg.OperationalError, psycopg.InterfaceError)
+    # server down or restarting, connection refused, reset or terminated, or not migrated yet (it was
+    # down when we started): the write is retried and the reconnect migrates
+    unavailable = (psycopg.OperationalError, psycopg.InterfaceError, psycopg.errors.UndefinedTable)
 
     def __init__(self, url: str, *, readers: int = 4, telemetry_path: str = "copy") -> None:
         super().__init__(readers)

@@ -9,6 +9,9 @@ rather than failing a whole batch.
 from __future__ import annotations
 
 import json
+import math
+import operator
+from collections.abc import Callable
 
 import attrs
 import cattrs
@@ -18,17 +21,40 @@ from der_actors.storage.base import HeartbeatRow, StoredPoint
 from der_actors.views import DispatchView, SessionSummary
 
 _DETAIL_KINDS: dict[str, type] = {"bess": BessDetails, "pv": PvDetails, "wind": WindDetails, "ev": EvDetails}
-_KIND_OF = {cls: kind for kind, cls in _DETAIL_KINDS.items()}
 
 
-def _dumps(value: object) -> str:
-    return json.dumps(value, separators=(",", ":"))
+_encoder = json.JSONEncoder(separators=(",", ":"))
+_dumps = _encoder.encode
+
+
+def _value(v: object) -> str:
+    if type(v) is float and math.isfinite(v):
+        return repr(v)  # what json writes, without its machinery
+    if type(v) is int:
+        return str(v)
+    return _dumps(v)
+
+
+def _details_writer(kind: str, cls: type) -> Callable[[object], str]:
+    names = [f.name for f in attrs.fields(cls)]
+    template = '{"kind":' + _dumps(kind) + "".join(f',"{n}":%s' for n in names) + "}"  # no "%" in these names
+    get = operator.attrgetter(*names)
+    if len(names) == 1:
+        return lambda d: template % _value(get(d))
+    return lambda d: template % tuple(map(_value, get(d)))
+
+
+# one JSON writer per kind: this runs once per stored point, so it avoids json.dumps and asdict
+_DETAILS_WRITERS = {cls: _details_writer(kind, cls) for kind, cls in _DETAIL_KINDS.items()}
 
 
 def details_json(details: Details) -> str | None:
     if details is None:
         return None
-    return _dumps({"kind": _KIND_OF.get(type(details), type(details).__name__), **attrs.asdict(details)})
+    write = _DETAILS_WRITERS.get(type(details))
+    if write is None:
+        return _dumps({"kind": type(details).__name__, **attrs.asdict(details)})
+    return write(details)
 
 
 def details_from(text: str | None) -> Details:

@@ -21,6 +21,7 @@ from typing import Any
 
 import structlog
 
+from der_actors.lifecycle import TERMINAL_STATES
 from der_actors.model import Inventory
 from der_actors.storage import rows as R
 from der_actors.storage.base import (
@@ -240,10 +241,6 @@ class SqlStorage:
                 self._x(conn, "INSERT INTO der_schema (version, applied_at) VALUES (?, ?)", (version, time.time()))
                 log.info("schema_migrated", database=self.describe, version=version)
 
-    def schema_version(self) -> int:
-        with self._reading() as conn:
-            return self._x(conn, "SELECT COALESCE(MAX(version), 0) FROM der_schema").fetchone()[0]
-
     @contextlib.contextmanager
     def _reading(self) -> Iterator[Any]:
         try:
@@ -399,6 +396,12 @@ class SqlStorage:
         params.append(limit)
         with self._reading() as conn:
             return [R.dispatch_view(view) for (view,) in self._x(conn, sql, tuple(params)).fetchall()]
+
+    def open_dispatches(self) -> list[DispatchView]:
+        terminal = ", ".join(f"'{st}'" for st in TERMINAL_STATES)
+        sql = f"SELECT {_D_COLS} FROM dispatches d WHERE d.state NOT IN ({terminal}) ORDER BY d.created_at, d.rec"
+        with self._reading() as conn:
+            return [R.dispatch_view(view) for (view,) in self._x(conn, sql, ()).fetchall()]
 
     def sessions(self, asset_id: str, limit: int) -> list[SessionSummary]:
         sql = (f"SELECT {_S_COLS} FROM session_assets sa JOIN agent_sessions s ON s.rec = sa.session_rec "

@@ -27,6 +27,7 @@ from der_actors.requests import (
     parse_uuid_param,
     parse_wait,
 )
+from der_actors.storage.base import StorageUnavailable
 from der_actors.transport import json_views as jv
 from der_actors.transport.openapi import DOCS_HTML, openapi_document
 
@@ -54,6 +55,11 @@ def create_app(headend: Headend) -> QuartTrio:
     @app.errorhandler(RequestError)
     async def on_request_error(exc: RequestError):
         return error(exc.status, exc.code, exc.message, exc.field)
+
+    @app.errorhandler(StorageUnavailable)
+    async def on_storage_down(exc: StorageUnavailable):
+        # History is unreachable right now; "now", presence and dispatch keep working.
+        return error(503, "history_unavailable", f"the history store is unavailable: {exc}")
 
     @app.errorhandler(HTTPException)
     async def on_http_error(exc: HTTPException):
