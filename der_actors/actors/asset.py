@@ -1,8 +1,13 @@
 """The headend's asset actor: one per configured asset; holds its "now".
 
-It keeps the latest telemetry, which session serves the asset, the last few sessions and the current
-setpoint, and publishes them as an `AssetView` after every change. Its inbox survives a restart
-(the supervisor owns it) and so does its last view, so a crash loses nothing that was published.
+It keeps which session serves the asset, the last few sessions and the current setpoint, and
+publishes them as an `AssetView` after every change. Its inbox survives a restart (the supervisor
+owns it) and so does its last view, so a crash loses nothing that was published.
+
+Telemetry "now" is a latest-value register on the handle, not a queue through the actor: the only
+rule is "a newer point replaces an older one", so a session writes it in place (`offer_telemetry`)
+instead of waking the actor once per point. At 100,000 points/s that is the difference between a
+dictionary write and a task switch per point.
 """
 
 from __future__ import annotations
@@ -19,15 +24,9 @@ from der_actors.views import AssetView, SessionSummary
 log = structlog.get_logger("der.asset")
 
 SESSIONS_KEPT = 5
-# Telemetry arrives a tick at a time and is applied at once; 256 gives a gateway's burst room
-# without letting a stuck actor hide a growing backlog.
+# Presence changes and setpoints: a few per session and dispatch. 256 absorbs a reconnect storm's
+# burst without letting a stuck actor hide a growing backlog.
 INBOX_SIZE = 256
-
-
-@attrs.frozen
-class TelemetryArrived:
-    points: tuple[Telemetry, ...]
-    received_at: float
 
 
 @attrs.frozen
@@ -48,16 +47,16 @@ class SetpointSet:
     dispatch_id: str
 
 
-AssetMessage = TelemetryArrived | Connected | Disconnected | SetpointSet
+AssetMessage = Connected | Disconnected | SetpointSet
+
+
+def is_newer(point: Telemetry, latest: Telemetry | None) -> bool:
+    """A late or replayed point never hides a newer one (by its own timestamp, then seq)."""
+    return latest is None or (point.timestamp, point.seq) >= (latest.timestamp, latest.seq)
 
 
 def apply(view: AssetView, msg: AssetMessage) -> AssetView:
     """The asset's rules: pure, one message at a time."""
-    if isinstance(msg, TelemetryArrived):
-        newest = max(msg.points, key=lambda p: (p.timestamp, p.seq))
-        if view.latest is not None and (newest.timestamp, newest.seq) < (view.latest.timestamp, view.latest.seq):
-            return view  # a late or replayed point never hides a newer one
-        return attrs.evolve(view, latest=newest, received_at=msg.received_at)
     if isinstance(msg, Connected):
         return attrs.evolve(view, session=msg.session, sessions=(msg.session,) + view.sessions[: SESSIONS_KEPT - 1])
     if isinstance(msg, Disconnected):
@@ -75,22 +74,34 @@ def apply(view: AssetView, msg: AssetMessage) -> AssetView:
 
 
 class AssetHandle:
-    """Send messages to an asset actor; read its published view."""
+    """Send messages to an asset actor; offer it telemetry; read its view."""
 
     def __init__(
         self, asset: Asset, send: trio.MemorySendChannel[AssetMessage], sessions: tuple[SessionSummary, ...] = ()
     ) -> None:
         self.asset = asset
         self._send = send
-        self.view = AssetView(asset=asset, sessions=sessions[:SESSIONS_KEPT])
+        self.published = AssetView(asset=asset, sessions=sessions[:SESSIONS_KEPT])  # written by the actor
+        self._latest: Telemetry | None = None
+        self._received_at: float | None = None
 
     async def send(self, msg: AssetMessage) -> None:
         await self._send.send(msg)
 
+    def offer_telemetry(self, point: Telemetry, received_at: float) -> None:
+        if is_newer(point, self._latest):
+            self._latest, self._received_at = point, received_at
+
+    @property
+    def view(self) -> AssetView:
+        if self._latest is None:
+            return self.published
+        return attrs.evolve(self.published, latest=self._latest, received_at=self._received_at)
+
 
 async def _asset_loop(handle: AssetHandle, inbox: trio.MemoryReceiveChannel[AssetMessage]) -> None:
     async for msg in inbox:
-        handle.view = apply(handle.view, msg)
+        handle.published = apply(handle.published, msg)
 
 
 async def run_asset(

@@ -18,7 +18,7 @@ import structlog
 import trio
 
 from der_actors.acks import seq_ranges
-from der_actors.actors.asset import Connected, Disconnected, TelemetryArrived
+from der_actors.actors.asset import Connected, Disconnected
 from der_actors.actors.context import HeadendContext
 from der_actors.messages import (
     Heartbeat,
@@ -241,29 +241,30 @@ class Session:
     async def _on_points(self, points: tuple[Telemetry, ...]) -> None:
         now = self.handle.last_seen
         owners = self.ctx.directory.owners
+        assets = self.ctx.assets
         session_id = self.handle.session_id
-        by_asset: dict[str, list[Telemetry]] = defaultdict(list)
+        stored: list[StoredPoint] = []
         for p in points:
             if not (math.isfinite(p.mw) and math.isfinite(p.mw_setpoint)):
                 self._reject_point(p, "mw and mw_setpoint must be finite numbers")
                 continue
             if not p.asset_id:  # legacy: belongs to the session's primary asset
                 p = attrs.evolve(p, asset_id=self.primary_asset_id, site_id=p.site_id or self.site_id)
-            by_asset[p.asset_id].append(p)
-        stored: list[StoredPoint] = []
-        for asset_id, group in by_asset.items():
-            if owners.get(asset_id) != session_id:
-                self.handle.ignored_points += len(group)
-                if asset_id not in self._warned:
-                    self._warned.add(asset_id)
-                    log.warning("telemetry_ignored", asset_id=asset_id, session_id=session_id, peer=self.handle.peer,
-                                reason="asset not served by this session")
+            if owners.get(p.asset_id) != session_id:
+                self._ignore_point(p)
                 continue
-            await self.ctx.assets[asset_id].send(TelemetryArrived(tuple(group), now))
-            stored.extend(StoredPoint(p, now) for p in group)
+            assets[p.asset_id].offer_telemetry(p, now)
+            stored.append(StoredPoint(p, now))
         self.handle.points += len(stored)
         if stored:
             self.ctx.store.record_points(stored)
+
+    def _ignore_point(self, p: Telemetry) -> None:
+        self.handle.ignored_points += 1
+        if p.asset_id not in self._warned:
+            self._warned.add(p.asset_id)
+            log.warning("telemetry_ignored", asset_id=p.asset_id, session_id=self.handle.session_id,
+                        peer=self.handle.peer, reason="asset not served by this session")
 
     def _reject_point(self, p: Telemetry, reason: str) -> None:
         self.handle.ignored_points += 1
