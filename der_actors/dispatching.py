@@ -42,7 +42,7 @@ def request_of(view: DispatchView) -> DispatchRequest:
 
 @attrs.frozen
 class Refused(Exception):
-    """The request cannot be carried out now (target not connected): HTTP 409."""
+    """No part of the target is connected now: the dispatch waits as pending."""
 
     message: str
 

@@ -72,7 +72,7 @@ def openapi_document() -> dict:
                                 "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Dispatch"}}}},
                         "202": {"description": "Accepted (sent or pending); poll GET /dispatch/{dispatch_id}",
                                 "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Dispatch"}}}},
-                        "400": _ERR, "404": _ERR, "409": _ERR,
+                        "400": _ERR, "404": _ERR,
                     },
                 }
             },
