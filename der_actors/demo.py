@@ -91,7 +91,9 @@ async def run(opts: argparse.Namespace) -> None:
             procs.append(await _start("headend", ["der_actors.cli"], env))
             await _wait_healthy(client, url)
             for site in inventory.sites:
-                procs.append(await _start(f"edge-{site.id[:8]}", ["edge.cli"], dict(env, GATEWAY_SITE_ID=site.id)))
+                spool = str(LOG_DIR / "spool" / site.id)
+                procs.append(await _start(f"edge-{site.id[:8]}", ["edge.cli"],
+                                          dict(env, GATEWAY_SITE_ID=site.id, EDGE_SPOOL_DIR=spool)))
             print(_curl_lines(url, inventory), flush=True)
             nursery.start_soon(_status, client, url)
             with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:

@@ -10,7 +10,7 @@ A request that crashes the actor (a value physics refuses, which the setpoint ro
 caught: our bug) makes the requester's `apply_setpoint` raise `AssetUnavailable`.
 
 Telemetry never blocks the actor: points go to the site's telemetry channel with `send_nowait`; when it
-is full (the uplink is stuck behind a slow link) the point is dropped and counted.
+is full (the uplink is stuck writing its spool: should not happen) the point is dropped and counted.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ class AssetUnavailable(RuntimeError):
 class AssetSnapshot:
     asset: Asset
     state: SimState
-    seq: int  # seq of the last telemetry point produced (0: none yet)
+    seq: int  # seq of the last telemetry point produced (0: none yet, ever)
     online: bool  # False between a crash and the restart
     last_step_at: float  # trio time of the last simulator step
     next_tick_at: float  # trio time of the next telemetry tick
@@ -101,6 +101,7 @@ class AssetActor:
         clock: WallClock,
         telemetry: trio.MemorySendChannel[Telemetry],
         on_drop: Callable[[int], None],
+        last_seq: int = 0,
     ) -> None:
         self._asset = asset
         self._interval_s = interval_s
@@ -112,7 +113,7 @@ class AssetActor:
         self._snapshot = AssetSnapshot(
             asset=asset,
             state=physics.initial_state(asset, clock.now()),
-            seq=0,
+            seq=last_seq,  # the spool's high-water mark: seq goes on across agent restarts
             online=True,
             last_step_at=now,
             next_tick_at=first_tick_at,

@@ -7,8 +7,10 @@ terminate, then kill whatever is still running after the grace period. The child
 `sys.executable -m edge.cli`, so nothing needs to be on PATH.
 
 Settings shared by every child (HEADEND_GRPC, TELEMETRY_INTERVAL_S, HEARTBEAT_INTERVAL_S,
-HEADEND_TIMEOUT_S, LOG_FORMAT) are passed through from the launcher's environment; every other edge
-variable is removed from the children's environment and set per child.
+HEADEND_TIMEOUT_S, LOG_FORMAT, EDGE_SPOOL_MAX_MB, EDGE_BACKFILL_RATE) are passed through from the
+launcher's environment; every other edge variable is removed from the children's environment and set
+per child. EDGE_SPOOL_DIR, if set, is a root: each child gets its own `<root>/<agent id>` (two agents
+must never share a spool); unset, each child uses its default `spool/<agent id>`.
 """
 
 from __future__ import annotations
@@ -29,7 +31,8 @@ from der_actors.model import Asset, Inventory
 from edge.config import ENV_VARS, parse_headend
 from edge.signals import STOP_SIGNALS, EarlySignals
 
-SHARED_VARS = ("HEADEND_GRPC", "TELEMETRY_INTERVAL_S", "HEARTBEAT_INTERVAL_S", "HEADEND_TIMEOUT_S", "LOG_FORMAT")
+SHARED_VARS = ("HEADEND_GRPC", "TELEMETRY_INTERVAL_S", "HEARTBEAT_INTERVAL_S", "HEADEND_TIMEOUT_S", "LOG_FORMAT",
+               "EDGE_SPOOL_MAX_MB", "EDGE_BACKFILL_RATE")
 _PROJECT_ROOT = str(Path(__file__).resolve().parent.parent)
 
 
@@ -37,6 +40,7 @@ _PROJECT_ROOT = str(Path(__file__).resolve().parent.parent)
 class ChildSpec:
     name: str  # the output prefix
     env: Mapping[str, str]  # the edge variables for this child
+    agent_id: str = ""  # its spool directory's name under an EDGE_SPOOL_DIR root
 
 
 def _asset_env(asset: Asset, site_name: str) -> dict[str, str]:
@@ -69,9 +73,9 @@ def child_specs(
         if gateway:
             if assets:
                 env = {"GATEWAY_SITE_ID": site.id, "ASSETS_PATH": os.path.abspath(assets_path)}
-                specs.append(ChildSpec(site.name, env))
+                specs.append(ChildSpec(site.name, env, site.id))
         else:
-            specs.extend(ChildSpec(a.name, _asset_env(a, site.name)) for a in assets)
+            specs.extend(ChildSpec(a.name, _asset_env(a, site.name), f"agent-{a.id}") for a in assets)
     return specs
 
 
@@ -79,6 +83,9 @@ def child_environ(base: Mapping[str, str], spec: ChildSpec, headend: str) -> dic
     shared = set(SHARED_VARS)
     env = {k: v for k, v in base.items() if k not in ENV_VARS or k in shared}
     env.update(spec.env)
+    root = base.get("EDGE_SPOOL_DIR")
+    if root and spec.agent_id:
+        env["EDGE_SPOOL_DIR"] = os.path.join(root, spec.agent_id)
     env["HEADEND_GRPC"] = headend
     env["PYTHONUNBUFFERED"] = "1"
     path = env.get("PYTHONPATH")

@@ -1,8 +1,18 @@
-"""The uplink actor: dial the headend, register, stream telemetry and heartbeats, answer setpoints.
+"""The uplink actor: spool every point, dial the headend, register, deliver telemetry, answer setpoints.
 
 It works over any `Dial`: a callable returning an async context manager that yields an
 `EdgeConnection` (gRPC via `grpc_dialer`, or `MemoryNetwork.dial` in tests), so the behaviour below
 is the same on both.
+
+Telemetry is at-least-once: every point the site produces is appended to the spool first (linked or
+not), then handed to the session if one is registered. The session's `Delivery` sends live points,
+backfills the spool at EDGE_BACKFILL_RATE and resends what stays unacknowledged; a TelemetryAck
+from the headend marks points done in the spool. The headend stores a point once per (asset_id,
+seq), so replays are harmless. Points of an asset the RegisterAck rejects by name (while accepting
+others) are discarded from the spool, then and as they come while that holds: they could never be
+stored. A session refused as a whole (nothing accepted) discards nothing. When the spool's bound
+drops points, each later point of that asset says so in its status: "<status>; spool dropped N
+points" (N: that asset's points dropped since the spool directory was created).
 
 One session = one dial:
 - Register goes up first; the RegisterAck must come within `headend_timeout_s` (else the session ends
@@ -11,26 +21,21 @@ One session = one dial:
   when it passes, the stream is closed ("stale stream") and redialed. The same deadline bounds the dial
   itself ("connect timed out").
 - Heartbeats go up every `heartbeat_interval_s` once registered.
-- Telemetry: the uplink takes one point from the site's telemetry channel, drains whatever else is
-  ready, and sends one TelemetryBatch. Points that arrive while the link is down or not yet
-  registered are dropped and counted (`LinkStats.points_dropped`; logged on the next registration).
 
 Reconnect forever: exponential backoff with full jitter, 0.5 s doubling to a 30 s cap. The backoff
 resets after a healthy session: one that was registered and then stayed up at least
 `HEALTHY_SESSION_S` (30 s) after its RegisterAck. A session that dies sooner keeps growing the delay,
 so a headend that accepts and then drops us is not hammered.
 
-Setpoints: RECEIVED at once, then APPLIED or REJECTED (see `edge.setpoints` for the rules). A site
-setpoint is split across the assets that are online (actor running) and accepted in this session's
-RegisterAck. Setpoints are handled one at a time, in arrival order. Outcomes are remembered by
-setpoint_id across sessions, so a resent setpoint is applied at most once.
+Setpoints: see `edge.setpoint_handler` (at most once per setpoint_id, across restarts too).
 """
 
 from __future__ import annotations
 
 import importlib.metadata
+import os
 import random
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 
 import attrs
@@ -41,39 +46,34 @@ from der_actors.backoff import Backoff
 from der_actors.clock import WallClock
 from der_actors.messages import (
     PROTOCOL_VERSION,
-    AckState,
     AgentMessage,
-    Allocation,
     AssetInfo,
     Heartbeat,
     Register,
     RegisterAck,
     Setpoint,
-    SetpointAck,
     Telemetry,
-    TelemetryBatch,
+    TelemetryAck,
 )
-from der_actors.split import SplitMember
 from der_actors.transport.link import EdgeConnection
-from edge.asset import AssetHandle, AssetUnavailable
+from edge.asset import AssetHandle
 from edge.config import EdgeConfig
-from edge.setpoints import (
-    ApplySplit,
-    ApplyToAsset,
-    OutcomeCache,
-    Reject,
-    applied_message,
-    route_setpoint,
-    split_message,
-)
+from edge.delivery import Delivery
+from edge.outcomes import OutcomeStore
+from edge.replay import Span
+from edge.setpoint_handler import APPLY_TIMEOUT_S, SetpointHandler
+from edge.spool import Spool
+from edge.stats import LinkStats
+
+__all__ = ["Dial", "LinkStats", "Uplink", "agent_version", "build_register", "with_drop_note",
+           "APPLY_TIMEOUT_S", "HEALTHY_SESSION_S", "MAX_BATCH"]
 
 log = structlog.get_logger("der.edge")
 
 Dial = Callable[[], AbstractAsyncContextManager[EdgeConnection]]
 
 HEALTHY_SESSION_S = 30.0  # registered and up this long after the RegisterAck -> backoff resets
-APPLY_TIMEOUT_S = 10.0  # an asset actor restarting after a crash answers well within this
-MAX_BATCH = 1000  # points per TelemetryBatch; a bigger backlog goes in several batches
+MAX_BATCH = 1000  # points taken from the site's channel at once (one spool write, one live batch)
 
 # What a dropped link looks like from the session's side. Transports raise OSError subclasses
 # (ConnectionError, LinkRefused, the gRPC dialer's LinkLost); channel errors mean the peer closed.
@@ -112,25 +112,12 @@ def build_register(config: EdgeConfig, version: str) -> Register:
     )
 
 
-@attrs.define
-class LinkStats:
-    """Counters, written by the uplink (and by asset actors for overflow drops); read them freely."""
-
-    dial_attempts: int = 0
-    connect_failures: int = 0
-    sessions_started: int = 0  # dials that connected
-    sessions_registered: int = 0
-    batches_sent: int = 0
-    points_sent: int = 0
-    points_dropped: int = 0  # produced while the link was down / unregistered, or on overflow
-    setpoints_received: int = 0
-    setpoints_applied: int = 0
-    setpoints_rejected: int = 0
-    setpoints_duplicate: int = 0
-    last_disconnect_reason: str = ""
-
-    def drop(self, n: int) -> None:
-        self.points_dropped += n
+def with_drop_note(point: Telemetry, dropped: int) -> Telemetry:
+    """The point, its status noting how many of the asset's points the spool has dropped (if any)."""
+    if not dropped:
+        return point
+    note = f"spool dropped {dropped} points"
+    return attrs.evolve(point, status=f"{point.status}; {note}" if point.status else note)
 
 
 def _transport_failure(exc: BaseException) -> str | None:
@@ -147,6 +134,14 @@ def _transport_failure(exc: BaseException) -> str | None:
     return None
 
 
+def _unlink_all(paths: Sequence[str]) -> None:
+    for path in paths:
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+
+
 class Uplink:
     """Construct once per site; `run` is one incarnation (it may be restarted by `supervise`)."""
 
@@ -157,6 +152,8 @@ class Uplink:
         assets: Mapping[str, AssetHandle],
         telemetry: trio.MemoryReceiveChannel[Telemetry],
         *,
+        spool: Spool,
+        outcomes: OutcomeStore,
         clock: WallClock,
         rng: random.Random,
         stats: LinkStats,
@@ -165,25 +162,98 @@ class Uplink:
         self._dial = dial
         self._assets = assets
         self._telemetry = telemetry  # owned by the site
+        self._spool = spool  # owned by the site
         self._clock = clock
         self._backoff = Backoff(rng=rng)
         self.stats = stats
-        self._outcomes = OutcomeCache()
+        self.setpoints = SetpointHandler(config, assets, outcomes, stats)
         self._register = build_register(config, agent_version())
-        self._dropped_reported = 0
+        self._session: _Session | None = None
+        self._refused: frozenset[str] = frozenset()  # assets the last RegisterAck rejected by name
+        self._dead = trio.Event()  # set when the spool has segments to unlink
 
     async def run(self) -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._spool_loop)
+            nursery.start_soon(self._janitor_loop)
+            while True:
+                healthy = await self._session_once()
+                if healthy:
+                    self._backoff.reset()
+                delay = self._backoff.next_delay()
+                log.info("link_retry", delay_s=round(delay, 3), attempt=self._backoff.attempt)
+                await trio.sleep(delay)
+
+    # --- telemetry into the spool ----------------------------------------------------------------
+
+    async def _spool_loop(self) -> None:
+        channel = self._telemetry
+        spool = self._spool
         while True:
-            healthy = await self._session()
-            if healthy:
-                self._backoff.reset()
-            delay = self._backoff.next_delay()
-            log.info("link_retry", delay_s=round(delay, 3), attempt=self._backoff.attempt)
-            await self._drop_telemetry_for(delay)
+            try:
+                points = [await channel.receive()]
+            except (trio.EndOfChannel, trio.ClosedResourceError):
+                return  # the site is shutting down
+            while len(points) < MAX_BATCH:
+                try:
+                    points.append(channel.receive_nowait())
+                except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
+                    break
+            points = [with_drop_note(p, spool.dropped(p.asset_id)) for p in points]
+            try:
+                appended = spool.append(points)  # one small write per tick: inline (see edge.spool)
+            except OSError as exc:
+                # Disk full or failing: these points go out live only (at most once) rather than not at all.
+                self.stats.spool_write_errors += 1
+                log.error("spool_write_failed", points=len(points), error=str(exc))
+                if self._session is not None:
+                    self._session.offer_live(points, Span(spool.end, spool.end))
+                continue
+            self.stats.points_dropped += appended.dropped
+            refused = self._refused.intersection(p.asset_id for p in points)
+            if refused:
+                self.stats.points_discarded += spool.discard(refused)
+            if spool.has_dead:
+                self._dead.set()
+            if self._session is not None:
+                self._session.offer_live(points, Span(appended.start, appended.end))
+
+    async def _janitor_loop(self) -> None:
+        """Unlink segments the spool no longer needs, in a worker thread (file deletion can be slow)."""
+        while True:
+            await self._dead.wait()
+            self._dead = trio.Event()
+            dead = self._spool.take_dead()
+            if dead:
+                await trio.to_thread.run_sync(_unlink_all, dead)
+
+    def _on_telemetry_ack(self, ack: TelemetryAck) -> None:
+        served = self._assets
+        n = self._spool.mark_done((r.asset_id, r.first_seq, r.last_seq) for r in ack.ranges if r.asset_id in served)
+        self.stats.points_acked += n
+        if self._spool.has_dead:
+            self._dead.set()
+
+    def _on_registered(self, accepted: frozenset[str], refused: frozenset[str],
+                       send: Callable[[AgentMessage], Awaitable[bool]]) -> Delivery:
+        self._refused = refused
+        if self._refused:
+            discarded = self._spool.discard(self._refused)
+            self.stats.points_discarded += discarded
+            if self._spool.has_dead:
+                self._dead.set()
+            if discarded:
+                log.warning("telemetry_discarded", reason="asset refused by the headend", points=discarded,
+                            asset_ids=sorted(self._refused))
+        if self.stats.points_dropped:
+            log.warning("telemetry_dropped", total=self.stats.points_dropped,
+                        spool_dropped_total=self._spool.dropped_total)
+        return Delivery(self._spool, [a for a in self._assets if a in accepted], rate=self.config.backfill_rate,
+                        stats=self.stats, send=send)
 
     # --- one dial ------------------------------------------------------------------------------
 
-    async def _session(self) -> bool:
+    async def _session_once(self) -> bool:
         """Dial, run one session until it ends; True if it was healthy."""
         self.stats.dial_attempts += 1
         timeout = self.config.headend_timeout_s
@@ -192,7 +262,7 @@ class Uplink:
         with trio.CancelScope(deadline=trio.current_time() + timeout) as watchdog:
             try:
                 async with self._dial() as conn:
-                    session = _Session(self, conn, watchdog)
+                    session = self._session = _Session(self, conn, watchdog)
                     await session.run()
             except Exception as exc:
                 if session is None:  # the dial itself failed
@@ -201,6 +271,8 @@ class Uplink:
                     reason = _transport_failure(exc)
                     if reason is None:
                         raise  # our bug: let the supervisor see it
+            finally:
+                self._session = None
         if session is None:
             if watchdog.cancelled_caught:
                 reason = f"connect timed out after {timeout:g} s"
@@ -227,105 +299,6 @@ class Uplink:
         )
         return healthy
 
-    async def _drop_telemetry_for(self, delay: float) -> None:
-        with trio.move_on_after(delay):
-            while True:
-                try:
-                    await self._telemetry.receive()
-                except (trio.EndOfChannel, trio.ClosedResourceError):
-                    await trio.sleep_forever()
-                self.stats.points_dropped += 1
-
-    def _on_registered(self) -> None:
-        dropped = self.stats.points_dropped - self._dropped_reported
-        if dropped:
-            log.warning("telemetry_dropped", points=dropped, total=self.stats.points_dropped)
-        self._dropped_reported = self.stats.points_dropped
-
-    # --- setpoints -----------------------------------------------------------------------------
-
-    async def _handle_setpoint(self, sp: Setpoint, session: _Session) -> bool:
-        """Ack, apply, ack; returns False if the link dropped while answering."""
-        self.stats.setpoints_received += 1
-        earlier = self._outcomes.get(sp.setpoint_id) if sp.setpoint_id else None
-        if earlier is not None:
-            self.stats.setpoints_duplicate += 1
-            log.info("setpoint_duplicate", setpoint_id=sp.setpoint_id, outcome=earlier.state.value)
-            return await session.send(earlier)
-        log.info("setpoint_received", setpoint_id=sp.setpoint_id, asset_id=sp.asset_id,
-                 site_id=sp.site_id, mw=sp.mw, duration_s=sp.duration_s)
-        if not await session.send(SetpointAck(sp.setpoint_id, AckState.RECEIVED)):
-            return False
-        # Shielded: once started, an application finishes and its outcome is remembered even if the
-        # session drops meanwhile, so a resend is answered from the cache rather than applied twice.
-        with trio.CancelScope(deadline=trio.current_time() + APPLY_TIMEOUT_S, shield=True) as scope:
-            ack = await self._carry_out(sp, session.accepted)
-        if scope.cancelled_caught:
-            ack = SetpointAck(sp.setpoint_id, AckState.REJECTED,
-                              f"not applied within {APPLY_TIMEOUT_S:g} s (asset actor unavailable)")
-        if ack.state is AckState.APPLIED:
-            self.stats.setpoints_applied += 1
-        else:
-            self.stats.setpoints_rejected += 1
-            log.warning("setpoint_rejected", setpoint_id=sp.setpoint_id, reason=ack.message)
-        if sp.setpoint_id:
-            self._outcomes.put(ack)
-        return await session.send(ack)
-
-    async def _carry_out(self, sp: Setpoint, accepted: frozenset[str]) -> SetpointAck:
-        members = [
-            SplitMember(
-                asset_id=h.asset.id,
-                max_mw=h.asset.max_mw,
-                min_mw=h.asset.min_mw,
-                online=h.snapshot.online and h.asset.id in accepted,
-            )
-            for h in self._assets.values()
-        ]
-        route = route_setpoint(
-            sp,
-            site_id=self.config.site_id,
-            primary_asset_id=self.config.primary_asset_id,
-            members=members,
-        )
-        if isinstance(route, Reject):
-            return SetpointAck(sp.setpoint_id, AckState.REJECTED, route.reason)
-        if isinstance(route, ApplyToAsset):
-            try:
-                applied = await self._assets[route.asset_id].apply_setpoint(route.mw, route.duration_s)
-            except AssetUnavailable as exc:
-                return SetpointAck(sp.setpoint_id, AckState.REJECTED, str(exc))
-            log.info("setpoint_applied", setpoint_id=sp.setpoint_id, asset_id=route.asset_id,
-                     requested_mw=route.mw, applied_mw=applied.mw, clamped=applied.clamped)
-            return SetpointAck(
-                sp.setpoint_id,
-                AckState.APPLIED,
-                applied_message(route.mw, applied.mw, applied.clamped),
-                (Allocation(route.asset_id, applied.mw),),
-            )
-        assert isinstance(route, ApplySplit)
-        return await self._apply_split(sp, route)
-
-    async def _apply_split(self, sp: Setpoint, route: ApplySplit) -> SetpointAck:
-        split = route.split
-        log.info("setpoint_split", setpoint_id=sp.setpoint_id, requested_mw=split.requested_mw,
-                 placed_mw=split.placed_mw, shortfall_mw=split.shortfall_mw,
-                 allocations={a.asset_id: a.mw for a in split.allocations})
-        applied: list[Allocation] = []
-        failures: list[str] = []
-        for alloc in split.allocations:
-            try:
-                result = await self._assets[alloc.asset_id].apply_setpoint(alloc.mw, route.duration_s)
-            except AssetUnavailable as exc:
-                failures.append(str(exc))
-                continue
-            applied.append(Allocation(alloc.asset_id, result.mw))
-            log.info("setpoint_applied", setpoint_id=sp.setpoint_id, asset_id=alloc.asset_id,
-                     requested_mw=alloc.mw, applied_mw=result.mw, clamped=result.clamped)
-        state = AckState.APPLIED if applied else AckState.REJECTED
-        message = split_message(split, tuple(applied), tuple(failures))
-        return SetpointAck(sp.setpoint_id, state, message, tuple(applied))
-
 
 class _Session:
     """One connected stream: its tasks, what the headend accepted, and why it ended."""
@@ -335,6 +308,7 @@ class _Session:
         self._conn = conn
         self._watchdog = watchdog
         self._nursery: trio.Nursery | None = None
+        self._delivery: Delivery | None = None
         self.started_at = trio.current_time()
         self.registered_at: float | None = None
         self.accepted: frozenset[str] = frozenset()
@@ -356,7 +330,6 @@ class _Session:
                 if not await self.send(self._uplink._register):
                     return
                 nursery.start_soon(self._receive_loop)
-                nursery.start_soon(self._telemetry_loop)
         finally:
             self._conn.outbound.close()  # we own our side: closing it ends the stream from our end
 
@@ -374,6 +347,10 @@ class _Session:
             return False
         return True
 
+    def offer_live(self, points: Sequence[Telemetry], span: Span) -> None:
+        if self._delivery is not None:
+            self._delivery.offer_live(points, span)
+
     async def _receive_loop(self) -> None:
         timeout = self._uplink.config.headend_timeout_s
         while True:
@@ -383,10 +360,14 @@ class _Session:
                 self.end("headend closed the stream")
                 return
             self._watchdog.deadline = trio.current_time() + timeout
-            if isinstance(msg, RegisterAck):
+            if isinstance(msg, TelemetryAck):
+                self._uplink._on_telemetry_ack(msg)
+                if self._delivery is not None:
+                    self._delivery.acked()
+            elif isinstance(msg, RegisterAck):
                 self._on_register_ack(msg)
             elif isinstance(msg, Setpoint):
-                if not await self._uplink._handle_setpoint(msg, self):
+                if not await self._uplink.setpoints.handle(msg, self.accepted, self.send):
                     return
             elif isinstance(msg, Heartbeat):
                 pass  # its arrival already pushed the deadline
@@ -398,20 +379,24 @@ class _Session:
         accepted = frozenset(a for a in ack.accepted_asset_ids if a in served)
         unknown = [a for a in ack.accepted_asset_ids if a not in served]
         first = self.registered_at is None
-        self.accepted = accepted
-        if first:
-            self.registered_at = trio.current_time()
-            self._uplink.stats.sessions_registered += 1
         log.info("link_registered", session_id=ack.session_id, accepted=len(accepted),
                  rejected=len(ack.rejected), again=not first)
         for r in ack.rejected:
             log.warning("asset_rejected", asset_id=r.asset_id, reason=r.reason)
         if unknown:
             log.warning("register_ack_unknown_assets", asset_ids=unknown)
-        if first:
-            self._uplink._on_registered()
-            assert self._nursery is not None
-            self._nursery.start_soon(self._heartbeat_loop)
+        self.accepted = accepted  # setpoints follow the latest ack
+        if not first:
+            return  # the session's delivery keeps the assets it started with; the next session adopts changes
+        self.registered_at = trio.current_time()
+        self._uplink.stats.sessions_registered += 1
+        # Discard only what the headend named as rejected while accepting others: a session refused as a
+        # whole (protocol version: nothing accepted) says nothing about the points, so they are kept.
+        refused = frozenset(r.asset_id for r in ack.rejected if r.asset_id in served) if accepted else frozenset()
+        self._delivery = self._uplink._on_registered(accepted, refused, self.send)
+        assert self._nursery is not None
+        self._nursery.start_soon(self._heartbeat_loop)
+        self._nursery.start_soon(self._delivery.run)
 
     async def _heartbeat_loop(self) -> None:
         interval = self._uplink.config.heartbeat_interval_s
@@ -419,28 +404,3 @@ class _Session:
             await trio.sleep(interval)
             if not await self.send(Heartbeat(self._uplink._clock.now())):
                 return
-
-    async def _telemetry_loop(self) -> None:
-        channel = self._uplink._telemetry
-        stats = self._uplink.stats
-        while True:
-            try:
-                points = [await channel.receive()]
-            except (trio.EndOfChannel, trio.ClosedResourceError):
-                return  # the site is shutting down
-            while len(points) < MAX_BATCH:
-                try:
-                    points.append(channel.receive_nowait())
-                except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
-                    break
-            if self.registered_at is None:
-                stats.drop(len(points))
-                continue
-            keep = tuple(p for p in points if p.asset_id in self.accepted)
-            if not keep:
-                continue
-            if not await self.send(TelemetryBatch(keep)):
-                stats.drop(len(keep))
-                return
-            stats.batches_sent += 1
-            stats.points_sent += len(keep)

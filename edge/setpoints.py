@@ -127,5 +127,9 @@ class OutcomeCache:
         while len(self._acks) > self.capacity:
             self._acks.popitem(last=False)
 
+    def acks(self) -> list[SetpointAck]:
+        """Least recently used first."""
+        return list(self._acks.values())
+
     def __len__(self) -> int:
         return len(self._acks)

@@ -54,6 +54,9 @@ def test_single_asset_defaults_are_a_2_mw_4_mwh_bess() -> None:
         heartbeat_interval_s=30.0,
         headend_timeout_s=90.0,
         log_format="kv",
+        spool_dir=f"spool/agent-{ASSET}",
+        spool_max_mb=64.0,
+        backfill_rate=2000.0,
     )
 
 
@@ -82,6 +85,15 @@ def test_flags_win_over_env_and_empty_env_is_unset() -> None:
     assert config.assets[0].max_mw == 2.0
 
 
+def test_spool_settings_default_to_a_directory_per_agent_and_take_flags_over_env() -> None:
+    gateway = load_config(["--gateway-id", "north/gw 1"], {"GATEWAY_SITE_ID": RIDGEWAY, "ASSETS_PATH": ASSETS})
+    assert gateway.spool_dir == "spool/north_gw_1"  # the free-text id made one safe path component
+    config = load_config(["--edge-spool-dir", "/data/spool", "--edge-backfill-rate", "500"],
+                         {**LEGACY, "EDGE_SPOOL_DIR": "/env", "EDGE_SPOOL_MAX_MB": "8", "EDGE_BACKFILL_RATE": "9"})
+    assert (config.spool_dir, config.spool_max_mb, config.backfill_rate) == ("/data/spool", 8.0, 500.0)
+    assert config.spool_max_bytes == 8 * 1024 * 1024
+
+
 @pytest.mark.parametrize(
     ("env", "expected"),
     [
@@ -101,6 +113,9 @@ def test_flags_win_over_env_and_empty_env_is_unset() -> None:
         ({"HEADEND_GRPC": "https://h:1"},
          "HEADEND_GRPC: https (TLS) is not supported yet; use http://host:port or host:port"),
         ({"GATEWAY_ID": "gw"}, "GATEWAY_ID: is for gateway mode; set GATEWAY_SITE_ID too"),
+        ({"EDGE_SPOOL_MAX_MB": "0"}, "EDGE_SPOOL_MAX_MB: must be >= 0.1, got 0"),
+        ({"EDGE_BACKFILL_RATE": "-5"}, "EDGE_BACKFILL_RATE: must be > 0, got -5"),
+        ({"EDGE_SPOOL_DIR": " "}, "EDGE_SPOOL_DIR: must not be blank"),
     ],
 )
 def test_a_bad_value_names_the_variable_and_the_reason(env: dict[str, str], expected: str) -> None:
@@ -161,3 +176,15 @@ def test_cli_exits_2_with_the_problems_on_stderr(capsys: pytest.CaptureFixture[s
     err = capsys.readouterr().err
     assert "der-edge: invalid configuration:" in err
     assert "MAX_MW: must be >= 0, got -2" in err
+
+
+async def test_der_edge_refuses_a_spool_directory_another_agent_holds(tmp_path: Path) -> None:
+    from edge.spool import Spool, SpoolLocked
+
+    config = load_config(["--edge-spool-dir", str(tmp_path)], LEGACY)
+    held = Spool.open(str(tmp_path))
+    try:
+        with pytest.raises(SpoolLocked, match="in use by another agent"):
+            await cli.serve(config)
+    finally:
+        held.close()

@@ -32,6 +32,12 @@ HARBOUR = "7e3a446b-8390-41f8-ba6c-946169ccf1e8"
 B1 = "c85e9759-8fac-40b8-ae8e-e9f6c796f8bb"  # 5 MW
 
 
+@pytest.fixture(autouse=True)
+def _spool_in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """EDGE_SPOOL_DIR defaults to spool/<agent id> under the working directory: keep each test's apart."""
+    monkeypatch.chdir(tmp_path)
+
+
 async def test_register_setpoint_and_ack_over_a_real_socket() -> None:
     seen_send, seen_recv = trio.open_memory_channel[object](64)
 

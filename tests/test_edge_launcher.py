@@ -52,10 +52,24 @@ def test_child_environment_drops_stale_edge_vars_and_keeps_shared_ones() -> None
     assert (env["PATH"], env["LOG_FORMAT"], env["TELEMETRY_INTERVAL_S"]) == ("/bin", "json", "1")
     assert env["HEADEND_GRPC"] == "h:1"
     assert env["PYTHONUNBUFFERED"] == "1"
+    assert "EDGE_SPOOL_DIR" not in env  # the child's default: spool/<agent id>
+
+
+def test_each_child_gets_its_own_spool_directory_under_a_given_root() -> None:
+    base = {"EDGE_SPOOL_DIR": "/var/spool/der", "EDGE_SPOOL_MAX_MB": "16", "EDGE_BACKFILL_RATE": "500"}
+    dirs = set()
+    for gateway in (False, True):
+        for spec in child_specs(INVENTORY, ASSETS, gateway=gateway):
+            env = child_environ(base, spec, "h:1")
+            config = load_config([], {k: v for k, v in env.items() if k != "HEADEND_GRPC"})
+            assert config.spool_dir == os.path.join("/var/spool/der", config.agent_id)
+            assert (config.spool_max_mb, config.backfill_rate) == (16.0, 500.0)
+            dirs.add(config.spool_dir)
+    assert len(dirs) == len(INVENTORY.assets) + len(INVENTORY.sites)
 
 
 async def test_launcher_runs_an_agent_process_and_stops_it_on_sigterm(
-    capfd: pytest.CaptureFixture[str],
+    capfd: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
     registered = trio.Event()
 
@@ -69,7 +83,7 @@ async def test_launcher_runs_an_agent_process_and_stops_it_on_sigterm(
             pass
 
     specs = child_specs(INVENTORY, ASSETS, gateway=True, site_ids=[HARBOUR])
-    env = dict(os.environ)
+    env = {**os.environ, "EDGE_SPOOL_DIR": str(tmp_path / "spool")}
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery:
             port = await nursery.start(serve_grpc, "127.0.0.1", 0, handler)
@@ -90,3 +104,4 @@ async def test_launcher_runs_an_agent_process_and_stops_it_on_sigterm(
     assert "link_connected" in out
     assert "edge_stopping" in out
     assert "Harbourside Battery Park exited with code 0" in out
+    assert (tmp_path / "spool" / HARBOUR / "state.json").exists()

@@ -122,6 +122,12 @@ def expected_delays(n: int, resets_before: tuple[int, ...] = ()) -> list[float]:
     return out
 
 
+@pytest.fixture(autouse=True)
+def _spool_in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """EDGE_SPOOL_DIR defaults to spool/<agent id> under the working directory: keep each test's apart."""
+    monkeypatch.chdir(tmp_path)
+
+
 # --- registration and telemetry ------------------------------------------------------------------
 
 
@@ -326,7 +332,7 @@ async def test_redials_after_a_cut_on_the_backoff_schedule(autojump_clock: objec
         nursery.cancel_scope.cancel()
 
 
-async def test_refused_dials_back_off_with_growing_ceilings_and_drops_are_counted(autojump_clock: object) -> None:
+async def test_refused_dials_back_off_with_growing_ceilings_and_points_are_spooled(autojump_clock: object) -> None:
     config = legacy_config()
     d = expected_delays(8)
     async with trio.open_nursery() as nursery:
@@ -342,7 +348,13 @@ async def test_refused_dials_back_off_with_growing_ceilings_and_drops_are_counte
         assert trio.current_time() - t0 == pytest.approx(sum(d), abs=1e-9)
         ticks_missed = math.floor(sum(d) / 4.0)
         assert ticks_missed >= 4
-        assert rig.site.stats.points_dropped == ticks_missed
+        assert rig.site.stats.points_dropped == 0  # spooled, not dropped
+        # The newest spooled point goes first, then the backlog oldest first, then live.
+        latest = await next_of(conn, TelemetryBatch)
+        assert [p.seq for p in latest.points] == [ticks_missed]
+        backfill = await next_of(conn, TelemetryBatch)
+        assert [p.seq for p in backfill.points] == list(range(1, ticks_missed))
+        assert trio.current_time() - t0 == pytest.approx(sum(d), abs=1e-9)
         batch = await next_of(conn, TelemetryBatch)
         assert batch.points[0].seq == ticks_missed + 1  # seq counts on through the outage
         nursery.cancel_scope.cancel()
@@ -389,7 +401,8 @@ async def test_no_register_ack_ends_the_session_after_the_timeout(autojump_clock
         assert trio.current_time() - t0 == 18.0
         await trio.testing.wait_all_tasks_blocked()
         assert rig.site.stats.last_disconnect_reason == "no register ack"
-        assert rig.site.stats.points_dropped == 4 * 3  # ticks at 4..16 s, three assets
+        assert rig.site.stats.points_dropped == 0
+        assert rig.site.spool.pending() == 4 * 3  # ticks at 4..16 s, three assets: kept for the next session
         await rig.accept()
         assert trio.current_time() - t0 == pytest.approx(18.0 + expected_delays(1)[0], abs=1e-9)
         nursery.cancel_scope.cancel()

@@ -6,6 +6,7 @@ tests live through minutes of telemetry, dispatches and link drops in millisecon
 
 from __future__ import annotations
 
+import pathlib
 import random
 
 import attrs
@@ -38,9 +39,11 @@ class System:
     network: MemoryNetwork
     storage: MemoryStorage
     nursery: trio.Nursery
+    spool_root: pathlib.Path  # each agent's EDGE_SPOOL_DIR goes under it
 
     async def gateway(self, site_id: str, seed: int = 1, **env):
         config = load_config([], {"GATEWAY_SITE_ID": site_id, "ASSETS_PATH": "assets.yaml",
+                                  "EDGE_SPOOL_DIR": str(self.spool_root / site_id),
                                   "TELEMETRY_INTERVAL_S": str(INTERVAL), **env})
         return await self._site(config, f"gw-{site_id[:8]}", seed)
 
@@ -50,6 +53,7 @@ class System:
             "ASSET_ID": a.id, "SITE_ID": a.site_id, "ASSET_NAME": a.name, "MAX_MW": str(a.max_mw),
             "MIN_MW": str(a.min_mw), "CAPACITY_MWHR": str(a.capacity_mwhr), "EFFICIENCY": str(a.efficiency),
             "RAMP_RATE_MW_PER_MIN": str(a.ramp_rate_mw_per_min), "TELEMETRY_INTERVAL_S": str(INTERVAL),
+            "EDGE_SPOOL_DIR": str(self.spool_root / asset_id),
         })
         return await self._site(config, f"legacy-{asset_id[:8]}", seed)
 
@@ -69,10 +73,10 @@ class System:
 
 
 @pytest.fixture
-async def system(nursery):
+async def system(nursery, tmp_path):
     storage = MemoryStorage()
     h = await nursery.start(run_headend, HeadendConfig(), INV, storage, WallClock.pinned(EPOCH))
-    return System(h.ctx, MemoryNetwork(accept_channel=h.accept.clone()), storage, nursery)
+    return System(h.ctx, MemoryNetwork(accept_channel=h.accept.clone()), storage, nursery, tmp_path)
 
 
 async def test_a_13_asset_gateway_reports_every_asset_every_interval(system, autojump_clock):
