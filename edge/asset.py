@@ -102,6 +102,7 @@ class AssetActor:
         telemetry: trio.MemorySendChannel[Telemetry],
         on_drop: Callable[[int], None],
         last_seq: int = 0,
+        held_setpoint_mw: float | None = None,
     ) -> None:
         self._asset = asset
         self._interval_s = interval_s
@@ -110,9 +111,12 @@ class AssetActor:
         self._on_drop = on_drop
         self._mailbox_send, self._mailbox_recv = trio.open_memory_channel[_ApplySetpoint](MAILBOX_SIZE)
         now = trio.current_time()
+        state = physics.initial_state(asset, clock.now())
+        if held_setpoint_mw is not None:  # where the operator left it before the agent restarted
+            state, _, _ = physics.apply_setpoint(asset, state, held_setpoint_mw, 0.0, clock.now())
         self._snapshot = AssetSnapshot(
             asset=asset,
-            state=physics.initial_state(asset, clock.now()),
+            state=state,
             seq=last_seq,  # the spool's high-water mark: seq goes on across agent restarts
             online=True,
             last_step_at=now,

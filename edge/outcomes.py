@@ -42,18 +42,32 @@ def _from_line(line: bytes) -> SetpointAck:
 
 
 class OutcomeStore:
-    """`get` / `put` like OutcomeCache; `put` also appends to the file."""
+    """`get` / `put` like OutcomeCache; `put` also appends to the file.
+
+    It also keeps each asset's **held** setpoint (the last applied one with `duration_s` 0) in
+    `held_setpoints.json`, so an agent restart puts the assets back where the operator left them: a
+    real device keeps its setpoint when its gateway restarts, and so does our simulation. A timed
+    setpoint is not restored (its remaining time is unknown; it reverts to no setpoint)."""
 
     def __init__(self, path: str, capacity: int = 1024) -> None:
         self.path = path
+        self.held_path = os.path.join(os.path.dirname(path), "held_setpoints.json")
         self._cache = OutcomeCache(capacity)
         self._lines = 0
         self._fd = -1
+        self.held: dict[str, float] = {}
 
     @classmethod
     def open(cls, path: str, capacity: int = 1024) -> OutcomeStore:
         """Load the file (blocking, small) and open it for appending."""
         store = cls(path, capacity)
+        try:
+            with open(store.held_path, "rb") as f:
+                store.held = {str(k): float(v) for k, v in json.load(f).items()}
+        except FileNotFoundError:
+            pass
+        except (ValueError, AttributeError):
+            log.warning("held_setpoints_unreadable", path=store.held_path, consequence="assets start without a setpoint")
         try:
             with open(path, "rb") as f:
                 data = f.read()
@@ -74,12 +88,22 @@ class OutcomeStore:
     def get(self, setpoint_id: str) -> SetpointAck | None:
         return self._cache.get(setpoint_id)
 
-    def put(self, ack: SetpointAck) -> None:
+    def put(self, ack: SetpointAck, duration_s: float = 0.0) -> None:
         self._cache.put(ack)
         os.write(self._fd, _to_line(ack))
         self._lines += 1
         if self._lines > 2 * self._cache.capacity:
             self._rewrite()
+        if ack.state is AckState.APPLIED and ack.allocations:
+            for a in ack.allocations:
+                if duration_s > 0:
+                    self.held.pop(a.asset_id, None)
+                else:
+                    self.held[a.asset_id] = a.mw
+            tmp = self.held_path + ".tmp"
+            with open(tmp, "w") as f:  # a few dozen bytes per asset: inline, like the log line
+                json.dump(self.held, f)
+            os.replace(tmp, self.held_path)
 
     def __len__(self) -> int:
         return len(self._cache)

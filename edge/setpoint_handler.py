@@ -64,7 +64,7 @@ class SetpointHandler:
             self._stats.setpoints_rejected += 1
             log.warning("setpoint_rejected", setpoint_id=sp.setpoint_id, reason=ack.message)
         if sp.setpoint_id:
-            self._outcomes.put(ack)  # one short line appended: inline, before the ack leaves
+            self._outcomes.put(ack, sp.duration_s)  # one short line appended: inline, before the ack leaves
         return await send(ack)
 
     async def _carry_out(self, sp: Setpoint, accepted: frozenset[str]) -> SetpointAck:

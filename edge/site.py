@@ -99,6 +99,7 @@ async def _run(config: EdgeConfig, dial: Dial, clock: WallClock, rng: random.Ran
                     telemetry=owned.enter_context(telemetry_send.clone()),
                     on_drop=stats.drop,
                     last_seq=spool.high_seq(asset.id),
+                    held_setpoint_mw=state.outcomes.held.get(asset.id),
                 )
                 for asset in config.assets
             ]
