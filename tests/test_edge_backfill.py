@@ -267,7 +267,7 @@ async def test_the_spool_and_setpoint_outcomes_survive_an_agent_restart(autojump
         assert all(p.timestamp == EPOCH + 4.0 * p.seq for _, b in got[:-1] for p in b.points)  # original times
         assert {p.timestamp for p in got[-1][1].points} == {EPOCH + t1 + 4.0}
         assert site.stats.setpoints_duplicate == 1 and site.stats.setpoints_applied == 0
-        assert site.snapshot(B1).state.setpoint_mw != 2.0  # not applied a second time
+        assert site.snapshot(B1).state.setpoint_mw == 2.0  # held across the restart, not applied again
         nursery.cancel_scope.cancel()
 
 
