@@ -18,7 +18,6 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
 
 import attrs
 import trio
@@ -263,7 +262,7 @@ class ChildFailed(RuntimeError):
     pass
 
 
-def _tail(path: str, lines: int = 15) -> str:
+def tail(path: str, lines: int = 15) -> str:
     try:
         with open(path, errors="replace") as f:
             return "".join(f.readlines()[-lines:])
@@ -333,7 +332,7 @@ class Headend:
         return time.perf_counter() - t0
 
     def log_tail(self) -> str:
-        return _tail(self.log_path)
+        return tail(self.log_path)
 
     def events(self, name: str) -> list[dict]:
         out = []
@@ -367,9 +366,9 @@ async def wait_for_log_event(path: str, event: str, proc: subprocess.Popen, time
                         if doc.get("event") == event:
                             return doc
             if proc.poll() is not None:
-                raise ChildFailed(f"{proc.args} exited with {proc.returncode} before {event}:\n{_tail(path)}")
+                raise ChildFailed(f"{proc.args} exited with {proc.returncode} before {event}:\n{tail(path)}")
             await trio.sleep(0.05)
-    raise ChildFailed(f"{proc.args}: no {event} within {timeout_s:g} s:\n{_tail(path)}")
+    raise ChildFailed(f"{proc.args}: no {event} within {timeout_s:g} s:\n{tail(path)}")
 
 
 class Sink:
@@ -406,13 +405,3 @@ class Sink:
         with contextlib.suppress(ChildFailed):
             self.stats = await wait_for_log_event(self.log_path, "sink_stopped", self.proc, 1)
         return self.stats
-
-
-@contextlib.contextmanager
-def elapsed() -> Iterator[list[float]]:
-    out = [0.0]
-    t0 = time.perf_counter()
-    try:
-        yield out
-    finally:
-        out[0] = time.perf_counter() - t0

@@ -33,6 +33,7 @@ from bench.procs import (
     proc_cpu_s,
     proc_rss_kb,
     release_schema,
+    tail,
     write_inventory,
 )
 
@@ -494,6 +495,9 @@ async def scenario_connections(ctx: Ctx) -> dict:
         "rss_kb_per_asset_at_1000": at_1000["rss_kb_per_asset"] if at_1000 else None,
         "rss_kb_per_asset_at_max": last_ok["rss_kb_per_asset"] if last_ok else None,
         "rss_kb_per_asset": (at_1000 or last_ok or {}).get("rss_kb_per_asset"),
+        # the whole process (every configured asset's actor included) over the connected assets
+        "rss_total_kb_per_connected_asset": ((at_1000 or last_ok)["rss_mb"] * 1024 / (at_1000 or last_ok)["assets"])
+        if (at_1000 or last_ok) else None,
     }
     ctx.say(f"   held {held_streams:,} streams ({held_streams * per:,} assets)"
             f"{' (the top of the ramp: not degraded)' if held_streams == steps[-1] else ''}; RSS baseline "
@@ -586,10 +590,10 @@ async def scenario_edge(ctx: Ctx) -> dict:
             with trio.move_on_after(90):
                 while await connected() < n_assets:
                     if edge.poll() is not None:
-                        raise ChildFailed(f"edge exited with {edge.returncode}:\n{_tail(log_path)}")
+                        raise ChildFailed(f"edge exited with {edge.returncode}:\n{tail(log_path)}")
                     await trio.sleep(0.5)
             if await connected() < n_assets:
-                raise ChildFailed(f"edge did not register {n_assets} assets within 90 s:\n{_tail(log_path)}")
+                raise ChildFailed(f"edge did not register {n_assets} assets within 90 s:\n{tail(log_path)}")
             registered_s = time.perf_counter() - t0
             await trio.sleep(1 if ctx.quick else 5)
             rows0 = await count_telemetry_async(url)
@@ -623,14 +627,6 @@ async def scenario_edge(ctx: Ctx) -> dict:
             f"{machine_figures['cpu_other_processes_cores']:.2f} cores")
     return {"figures": figures, "registered_s": registered_s, "max_lag_s": max(lags) if lags else None,
             "cpu": machine_figures}
-
-
-def _tail(path: str, lines: int = 15) -> str:
-    try:
-        with open(path, errors="replace") as f:
-            return "".join(f.readlines()[-lines:])
-    except OSError:
-        return ""
 
 
 # === generator cost: which client to simulate gateways with ======================================
