@@ -4,21 +4,19 @@ The actor's public surface is `AssetHandle`: `snapshot` (an immutable `AssetSnap
 every change) and `apply_setpoint` (a request/reply through the actor's mailbox).
 
 The actor runs under `supervise(...)`: `AssetActor.run` is one incarnation. Everything that must
-survive a crash (simulator state, last seq, the tick schedule) lives in the published snapshot, and a
-restarted incarnation continues from it, so seq never goes back and ticks stay on the same grid.
-A request that crashes the actor (a value physics refuses, which the setpoint router should have
-caught: our bug) makes the requester's `apply_setpoint` raise `AssetUnavailable`.
+survive a crash (simulator state, last seq) lives in the published snapshot, and a restarted
+incarnation continues from it, so seq never goes back. A request that crashes the actor (a value
+physics refuses, which the setpoint router should have caught: our bug) makes the requester's
+`apply_setpoint` raise `AssetUnavailable`.
 
-Telemetry never blocks the actor: points go to the site's telemetry channel with `send_nowait`; when it
-is full (the uplink is stuck writing its spool: should not happen) the point is dropped and counted.
+Telemetry ticks come from the site's metronome (edge/metronome.py) through `AssetHandle.tick`: a
+synchronous call, so a tick costs no task switch per asset. A tick that raises crashes the actor just
+as a request would: the exception is handed to the actor's own task, which raises it to its supervisor.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import attrs
-import structlog
 import trio
 
 from der_actors import physics
@@ -26,8 +24,6 @@ from der_actors.clock import WallClock
 from der_actors.messages import PvDetails, Telemetry, WindDetails
 from der_actors.model import Asset, AssetType
 from der_actors.physics import SimState
-
-log = structlog.get_logger("der.edge")
 
 # Requests are request/reply, so each requester has at most one in flight; a handful is plenty.
 MAILBOX_SIZE = 16
@@ -44,7 +40,6 @@ class AssetSnapshot:
     seq: int  # seq of the last telemetry point produced (0: none yet, ever)
     online: bool  # False between a crash and the restart
     last_step_at: float  # trio time of the last simulator step
-    next_tick_at: float  # trio time of the next telemetry tick
 
 
 @attrs.frozen
@@ -90,25 +85,20 @@ def make_point(asset: Asset, state: SimState, seq: int, timestamp: float) -> Tel
 
 
 class AssetActor:
-    """Create with the first tick time, run `run` under supervise, talk to it through `handle`."""
+    """Run `run` under supervise, talk to it through `handle`."""
 
     def __init__(
         self,
         asset: Asset,
         *,
-        first_tick_at: float,
-        interval_s: float,
         clock: WallClock,
-        telemetry: trio.MemorySendChannel[Telemetry],
-        on_drop: Callable[[int], None],
         last_seq: int = 0,
         held_setpoint_mw: float | None = None,
     ) -> None:
         self._asset = asset
-        self._interval_s = interval_s
         self._clock = clock
-        self._telemetry = telemetry  # a clone owned by the site; never closed by an incarnation
-        self._on_drop = on_drop
+        self._failure: Exception | None = None  # a tick's crash, for the actor's task to raise
+        self._waiting: trio.CancelScope | None = None  # the incarnation's wait for a request
         self._mailbox_send, self._mailbox_recv = trio.open_memory_channel[_ApplySetpoint](MAILBOX_SIZE)
         now = trio.current_time()
         state = physics.initial_state(asset, clock.now())
@@ -120,7 +110,6 @@ class AssetActor:
             seq=last_seq,  # the spool's high-water mark: seq goes on across agent restarts
             online=True,
             last_step_at=now,
-            next_tick_at=first_tick_at,
         )
         self.handle = AssetHandle(self)
 
@@ -129,22 +118,40 @@ class AssetActor:
         self._mailbox_recv.close()
 
     async def run(self) -> None:
-        """One incarnation: tick on schedule, answer requests; returns when the mailbox is closed."""
+        """One incarnation: answer requests; returns when the mailbox is closed."""
         self._publish(online=True)
         try:
             while True:
-                with trio.move_on_at(self._snapshot.next_tick_at) as timer:
-                    try:
-                        request = await self._mailbox_recv.receive()
-                    except (trio.EndOfChannel, trio.ClosedResourceError):
-                        return
-                if timer.cancelled_caught:
-                    self._tick()
-                else:
-                    self._handle(request)
+                with trio.CancelScope() as self._waiting:  # cancelled by a tick that crashed
+                    if self._failure is None:
+                        try:
+                            request = await self._mailbox_recv.receive()
+                        except (trio.EndOfChannel, trio.ClosedResourceError):
+                            return
+                self._waiting = None
+                if self._failure is not None:
+                    failure, self._failure = self._failure, None
+                    raise failure
+                self._handle(request)
         except Exception:
             self._publish(online=False)
             raise
+
+    def tick(self) -> Telemetry | None:
+        """Step to now and return the next point; None if the tick crashed the actor."""
+        now = trio.current_time()
+        try:
+            state = self._step_to_now()
+            seq = self._snapshot.seq + 1
+            point = make_point(self._asset, state, seq, self._clock.now())
+        except Exception as exc:
+            self._failure = exc
+            self._publish(online=False)
+            if self._waiting is not None:
+                self._waiting.cancel()
+            return None
+        self._snapshot = AssetSnapshot(self._asset, state, seq, True, now)  # evolve() costs 3x at every tick
+        return point
 
     # --- the thin loop's steps ---------------------------------------------------------------------
 
@@ -152,21 +159,6 @@ class AssetActor:
         snap = self._snapshot
         now = trio.current_time()
         return physics.step(self._asset, snap.state, self._clock.now(), now - snap.last_step_at)
-
-    def _tick(self) -> None:
-        now = trio.current_time()
-        state = self._step_to_now()
-        seq = self._snapshot.seq + 1
-        next_tick = self._snapshot.next_tick_at + self._interval_s
-        while next_tick <= now:  # fell behind (a stalled process): skip the missed ticks
-            next_tick += self._interval_s
-        self._publish(state=state, seq=seq, last_step_at=now, next_tick_at=next_tick)
-        point = make_point(self._asset, state, seq, self._clock.now())
-        try:
-            self._telemetry.send_nowait(point)
-        except trio.WouldBlock:
-            self._on_drop(1)
-            log.warning("telemetry_overflow", asset_id=self._asset.id, seq=seq)
 
     def _handle(self, request: _ApplySetpoint) -> None:
         with request.reply:  # closed even if physics raises: the requester sees AssetUnavailable
@@ -197,6 +189,14 @@ class AssetHandle:
     @property
     def snapshot(self) -> AssetSnapshot:
         return self._actor._snapshot
+
+    def tick(self) -> Telemetry | None:
+        """The site metronome's clock input: the asset's next telemetry point, stepped to now.
+
+        Synchronous on purpose (one wake-up per site tick, not one per asset). Returns None when the
+        tick crashed the actor: its supervisor restarts it, and the snapshot is offline until then.
+        """
+        return self._actor.tick()
 
     async def apply_setpoint(self, mw: float, duration_s: float = 0.0) -> Applied:
         """Apply a setpoint (clamped by physics); raises AssetUnavailable if the actor crashed on it."""

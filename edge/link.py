@@ -73,7 +73,7 @@ log = structlog.get_logger("der.edge")
 Dial = Callable[[], AbstractAsyncContextManager[EdgeConnection]]
 
 HEALTHY_SESSION_S = 30.0  # registered and up this long after the RegisterAck -> backoff resets
-MAX_BATCH = 1000  # points taken from the site's channel at once (one spool write, one live batch)
+MAX_BATCH = 1000  # points past which queued ticks are not merged further (one spool write, one live batch)
 
 # What a dropped link looks like from the session's side. Transports raise OSError subclasses
 # (ConnectionError, LinkRefused, the gRPC dialer's LinkLost); channel errors mean the peer closed.
@@ -150,7 +150,7 @@ class Uplink:
         config: EdgeConfig,
         dial: Dial,
         assets: Mapping[str, AssetHandle],
-        telemetry: trio.MemoryReceiveChannel[Telemetry],
+        telemetry: trio.MemoryReceiveChannel[list[Telemetry]],
         *,
         spool: Spool,
         outcomes: OutcomeStore,
@@ -191,12 +191,12 @@ class Uplink:
         spool = self._spool
         while True:
             try:
-                points = [await channel.receive()]
+                points = await channel.receive()  # one tick of the site's metronome
             except (trio.EndOfChannel, trio.ClosedResourceError):
                 return  # the site is shutting down
-            while len(points) < MAX_BATCH:
+            while len(points) < MAX_BATCH:  # ticks that queued up behind a slow write: one write
                 try:
-                    points.append(channel.receive_nowait())
+                    points += channel.receive_nowait()
                 except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
                     break
             points = [with_drop_note(p, spool.dropped(p.asset_id)) for p in points]

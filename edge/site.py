@@ -1,11 +1,11 @@
-"""The site supervisor: one actor per asset and the uplink, in one nursery.
+"""The site supervisor: one actor per asset, the metronome and the uplink, in one nursery.
 
 Supervision (see der_actors/actors/supervise.py for the policy): every asset actor and the uplink run
 under `supervise`, so one crashing asset never takes down its siblings or the link; a crash loop beyond
 the restart intensity propagates and stops the process (that is our bug, and hiding it would be worse).
 
-All asset actors tick on one grid (first tick at start + interval), so under MockClock they wake at the
-same instant and the uplink spools and sends one TelemetryBatch per tick for the whole site.
+All assets tick on one grid (first tick at start + interval), driven by the site's metronome, so the
+uplink spools and sends one TelemetryBatch per tick for the whole site.
 
 The site's persistent state (`EdgeState`: spool and setpoint outcomes, in EDGE_SPOOL_DIR) is opened
 before the actors exist, because each asset's seq goes on from the spool's high-water mark.
@@ -14,6 +14,7 @@ before the actors exist, because each asset's seq goes on from the spool's high-
 from __future__ import annotations
 
 import contextlib
+import functools
 import random
 from collections.abc import Mapping
 
@@ -26,6 +27,7 @@ from der_actors.messages import Telemetry
 from edge.asset import AssetActor, AssetHandle, AssetSnapshot
 from edge.config import EdgeConfig
 from edge.link import Dial, LinkStats, Uplink
+from edge.metronome import run_metronome
 from edge.spool import Spool
 from edge.state import EdgeState
 
@@ -33,8 +35,8 @@ __all__ = ["SiteHandle", "run_site"]
 
 log = structlog.get_logger("der.edge")
 
-# The site's telemetry channel holds a few ticks' worth of points: the uplink only spools them (a
-# small write), so this is slack for a slow disk, not for the link.
+# The site's telemetry channel holds a few ticks (one list of points each): the uplink only spools them
+# (a small write), so this is slack for a slow disk, not for the link.
 TELEMETRY_TICKS_BUFFERED = 4
 
 
@@ -84,25 +86,16 @@ async def _run(config: EdgeConfig, dial: Dial, clock: WallClock, rng: random.Ran
     spool = state.spool
     stats = LinkStats()
     first_tick = trio.current_time() + config.telemetry_interval_s
-    buffer = TELEMETRY_TICKS_BUFFERED * len(config.assets)
-    telemetry_send, telemetry_recv = trio.open_memory_channel[Telemetry](buffer)
+    telemetry_send, telemetry_recv = trio.open_memory_channel[list[Telemetry]](TELEMETRY_TICKS_BUFFERED)
 
     with contextlib.ExitStack() as owned:
+        owned.enter_context(telemetry_send)
         owned.enter_context(telemetry_recv)
-        with telemetry_send:  # fan-in: each actor gets a clone; the original closes right here
-            actors = [
-                AssetActor(
-                    asset,
-                    first_tick_at=first_tick,
-                    interval_s=config.telemetry_interval_s,
-                    clock=clock,
-                    telemetry=owned.enter_context(telemetry_send.clone()),
-                    on_drop=stats.drop,
-                    last_seq=spool.high_seq(asset.id),
-                    held_setpoint_mw=state.outcomes.held.get(asset.id),
-                )
-                for asset in config.assets
-            ]
+        actors = [
+            AssetActor(asset, clock=clock, last_seq=spool.high_seq(asset.id),
+                       held_setpoint_mw=state.outcomes.held.get(asset.id))
+            for asset in config.assets
+        ]
         for actor in actors:
             owned.callback(actor.close)
         handles = {a.handle.asset.id: a.handle for a in actors}
@@ -115,6 +108,9 @@ async def _run(config: EdgeConfig, dial: Dial, clock: WallClock, rng: random.Ran
         async with trio.open_nursery() as nursery:
             for actor in actors:
                 nursery.start_soon(supervise, f"asset:{actor.handle.asset.id}", actor.run)
+            nursery.start_soon(functools.partial(
+                run_metronome, list(handles.values()), telemetry_send, first_tick_at=first_tick,
+                interval_s=config.telemetry_interval_s, on_drop=stats.drop))
             nursery.start_soon(supervise, "uplink", uplink.run)
             # The actors' mailboxes exist already, so requests sent now simply wait their turn.
             task_status.started(SiteHandle(config, handles, stats, spool))

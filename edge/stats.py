@@ -1,4 +1,4 @@
-"""The uplink's counters: written by the uplink (and by asset actors for overflow drops); read freely."""
+"""The uplink's counters: written by the uplink (and by the metronome for overflow drops); read freely."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ class LinkStats:
     points_resent: int = 0  # unacknowledged for too long in a session, queued again
     points_acked: int = 0  # newly acknowledged by the headend
     points_discarded: int = 0  # spooled for an asset the headend refused
-    points_dropped: int = 0  # dropped by the spool when full, or by an asset actor on overflow
+    points_dropped: int = 0  # dropped by the spool when full, or by the metronome on overflow
     spool_write_errors: int = 0  # batches the spool could not write (sent live only, if linked)
     setpoints_received: int = 0
     setpoints_applied: int = 0

@@ -17,6 +17,7 @@ import pytest
 import trio
 import trio.testing
 
+from der_actors import physics
 from der_actors.backoff import Backoff
 from der_actors.clock import WallClock
 from der_actors.inventory import load_inventory
@@ -431,5 +432,37 @@ async def test_crashed_asset_actor_restarts_and_keeps_its_seq(autojump_clock: ob
         assert trio.current_time() - t0 == 8.0  # still on the tick grid
         assert {p.asset_id: p.seq for p in batch.points} == {B1: 2, B2: 2, B3: 2}
         applied = await rig.site.assets[B3].apply_setpoint(1.0)
+        assert (applied.mw, applied.clamped) == (1.0, False)
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_tick_that_raises_crashes_only_that_asset_and_it_comes_back_on_the_grid(
+    autojump_clock: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_step = physics.step
+    failures = [RuntimeError("simulated physics bug")]
+
+    def step(asset, state, *args):  # B3's physics raises once, at its second tick
+        if asset.id == B3 and state is not None and trio.current_time() >= t0 + 8.0 and failures:
+            raise failures.pop()
+        return real_step(asset, state, *args)
+
+    monkeypatch.setattr(physics, "step", step)
+    async with trio.open_nursery() as nursery:
+        t0 = trio.current_time()
+        rig = await start(nursery, gateway_config(HARBOUR))
+        conn, _ = await rig.accept_and_register()
+        batch = await next_of(conn, TelemetryBatch)
+        assert {p.asset_id: p.seq for p in batch.points} == {B1: 1, B2: 1, B3: 1}
+        batch = await next_of(conn, TelemetryBatch)
+        assert trio.current_time() - t0 == 8.0
+        assert {p.asset_id: p.seq for p in batch.points} == {B1: 2, B2: 2}  # B3's tick crashed it
+        assert not rig.site.snapshot(B3).online
+        await trio.sleep(0.1)  # supervise restarts it 0.1 s after the crash
+        assert rig.site.snapshot(B3).online and rig.site.snapshot(B3).seq == 1
+        batch = await next_of(conn, TelemetryBatch)
+        assert trio.current_time() - t0 == 12.0  # the next tick of the same grid
+        assert {p.asset_id: p.seq for p in batch.points} == {B1: 3, B2: 3, B3: 2}  # seq goes on, no gap
+        applied = await rig.site.assets[B3].apply_setpoint(1.0)  # the new incarnation serves requests
         assert (applied.mw, applied.clamped) == (1.0, False)
         nursery.cancel_scope.cancel()
