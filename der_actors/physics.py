@@ -14,6 +14,7 @@ Sign convention: +MW = discharge / export / generation, -MW = charge / import / 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 from collections.abc import Callable
@@ -112,7 +113,7 @@ def _step_bess(asset: Asset, state: SimState, now: float, dt_s: float) -> SimSta
         if energy > capacity:
             energy, mw, status = capacity, 0.0, "soc_full: charge stopped"
     details = BessDetails(soc_pct=100.0 * energy / capacity, energy_mwh=energy)
-    return attrs.evolve(state, mw=mw, energy_mwh=energy, status=status, details=details)
+    return _stepped(state, mw, status, details, energy)
 
 
 def _capacity(asset: Asset) -> float:
@@ -144,7 +145,7 @@ def _step_pv(asset: Asset, state: SimState, now: float, dt_s: float) -> SimState
     mw, curtailed = _cap(available, state.setpoint_mw)
     status = "night" if sun == 0.0 else "curtailed" if curtailed else "ok"
     details = PvDetails(irradiance_wm2=1000.0 * sun, available_mw=available)
-    return attrs.evolve(state, mw=mw, status=status, details=details)
+    return _stepped(state, mw, status, details)
 
 
 # --- wind ------------------------------------------------------------------------------------
@@ -188,7 +189,7 @@ def _step_wind(asset: Asset, state: SimState, now: float, dt_s: float) -> SimSta
     else:
         status = "ok"
     details = WindDetails(wind_speed_ms=speed, available_mw=available)
-    return attrs.evolve(state, mw=mw, status=status, details=details)
+    return _stepped(state, mw, status, details)
 
 
 # --- EV charger ------------------------------------------------------------------------------
@@ -217,7 +218,7 @@ def _step_ev(asset: Asset, state: SimState, now: float, dt_s: float) -> SimState
     else:
         station = "charging"
     details = EvDetails(active_sessions=sessions, station_state=station)
-    return attrs.evolve(state, mw=mw, status="limited" if limited else "ok", details=details)
+    return _stepped(state, mw, "limited" if limited else "ok", details)
 
 
 # --- dispatch tables -------------------------------------------------------------------------
@@ -263,6 +264,13 @@ def _cap(available: float, setpoint: float | None) -> tuple[float, bool]:
     return available, False
 
 
+def _stepped(state: SimState, mw: float, status: str, details: object, energy_mwh: float | None = None) -> SimState:
+    """`state` after a step (what attrs.evolve would give, at a third of its cost: it runs every tick)."""
+    energy = state.energy_mwh if energy_mwh is None else energy_mwh
+    return SimState(mw, state.setpoint_mw, state.setpoint_until, energy, status, details)  # type: ignore[arg-type]
+
+
+@functools.lru_cache(maxsize=16_384)  # each asset reuses a bucket's value for many ticks
 def _hash01(asset_id: str, salt: str, bucket: int) -> float:
     """A stable pseudo-random number in [0, 1) for (asset_id, salt, bucket)."""
     digest = hashlib.blake2b(f"{asset_id}|{salt}|{bucket}".encode(), digest_size=8).digest()
