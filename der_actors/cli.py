@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import signal
 import sys
 
@@ -12,6 +13,21 @@ from der_actors.config import ConfigError, load_settings
 from der_actors.inventory import InventoryError, load_inventory
 from der_actors.server import run_server
 from der_actors.storage import StorageConfigError, open_storage
+
+
+# The cyclic GC's default gen-0 threshold (700 net allocations) runs a collection every few inbound
+# batches at full load, and each one walks every young object: measured (bench, py-spy) it was most of
+# the headend's time, and raising the threshold alone took ingest from 7.9k to 18k points/s. The hot
+# path's garbage (decoded points, rows, messages) is acyclic and freed by reference counting; cycles
+# are rare (exceptions, finished tasks), so collecting them every 50,000 allocations loses nothing.
+GC_THRESHOLDS = (50_000, 20, 100)
+
+
+def tune_gc() -> None:
+    """Call once start-up has loaded its long-lived objects (modules, inventory, storage)."""
+    gc.collect()
+    gc.freeze()  # start-up objects live for the process: never walk them again
+    gc.set_threshold(*GC_THRESHOLDS)
 
 
 async def _serve(settings, inventory, storage) -> None:
@@ -41,6 +57,7 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(f"der-headend: {exc}")
     except InventoryError as exc:
         sys.exit(f"der-headend: {settings.assets_path} is not valid:\n{exc}")
+    tune_gc()
     try:
         trio.run(_serve, settings, inventory, storage)
     finally:

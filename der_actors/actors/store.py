@@ -96,6 +96,8 @@ class StoreActor:
         self._arriving()
         self.counters.received_points += len(points)
         self._points.extend(points)
+        if len(self._points) >= self.batch_rows:
+            self._wakeup.set()  # a full batch is due now, not at its deadline
         self._enforce_bound()
 
     def record_dispatch(self, view: DispatchView) -> None:
@@ -111,9 +113,11 @@ class StoreActor:
         self._records.heartbeats.append(row)
 
     def _arriving(self) -> None:
+        # Only a first row wakes the writer (its batch's deadline runs from it) or a full batch (above):
+        # waking it for every arrival in between would cost a task switch per inbound message.
         if not self._points and not len(self._records):
-            self._first_at = trio.current_time()  # a batch's deadline runs from its first row
-        self._wakeup.set()
+            self._first_at = trio.current_time()
+            self._wakeup.set()
 
     def _enforce_bound(self) -> None:
         overflow = len(self._points) - self.buffer_rows
