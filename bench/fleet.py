@@ -23,8 +23,8 @@ Telemetry modes:
   wants every gateway registered before the load starts).
 
 Reconnects (`reconnect=True`) follow the real agent's policy (edge/link.py): `der_actors.backoff.Backoff`
-(full jitter, 0.5 s doubling to a 30 s cap), reset only after a healthy session (registered and up
->= 30 s). The first dial of each gateway is not delayed, as an agent's first dial is not.
+(full jitter, 0.5 s doubling to a 30 s cap, 5 s after a refused dial), reset only after a healthy
+session (registered and up >= 30 s). The first dial of each gateway is not delayed, as an agent's first dial is not.
 """
 
 from __future__ import annotations
@@ -100,11 +100,16 @@ class Gateway:
     async def run(self) -> None:
         fleet = self.fleet
         first = True
+        refused = False
         while not fleet.stopping:
             if not first:
-                await trio.sleep(self.backoff.next_delay())
+                await trio.sleep(self.backoff.next_delay(refused=refused))
             first = False
-            healthy = await self._session_once()
+            refused = False
+            try:
+                healthy = await self._session_once()
+            except ConnectionRefusedError:
+                refused, healthy = True, False
             if healthy:
                 self.backoff.reset()
             if not fleet.reconnect:
@@ -117,6 +122,9 @@ class Gateway:
             async with fleet.dial_limit:
                 cm = open_stream(fleet.host, fleet.port, PATH)
                 stream = await cm.__aenter__()
+        except ConnectionRefusedError:
+            fleet.stats.dial_failures += 1
+            raise
         except OSError:
             fleet.stats.dial_failures += 1
             return False

@@ -517,7 +517,8 @@ async def scenario_storm(ctx: Ctx) -> dict:
     write_inventory(inv, sites)
     ctx.say(f"\n== Reconnect storm: {n_gw:,} gateways x {per} assets (telemetry every {interval:g} s), headend "
             f"SIGTERM and started again on the same ports; gateways reconnect with the agents' policy "
-            f"(Backoff full jitter 0.5 s doubling to 30 s, reset after a healthy 30 s session), simulated")
+            f"(Backoff full jitter 0.5 s doubling to 30 s, 5 s after a refused dial, reset after a healthy 30 s "
+            f"session), simulated")
     headend = Headend(ctx.cleanup, workdir, inv, f"sqlite:///{workdir}/storm.sqlite3",
                       grpc_port=free_port(), http_port=free_port(), name="headend-storm")
     await headend.start()

@@ -22,10 +22,10 @@ One session = one dial:
   itself ("connect timed out").
 - Heartbeats go up every `heartbeat_interval_s` once registered.
 
-Reconnect forever: exponential backoff with full jitter, 0.5 s doubling to a 30 s cap. The backoff
-resets after a healthy session: one that was registered and then stayed up at least
-`HEALTHY_SESSION_S` (30 s) after its RegisterAck. A session that dies sooner keeps growing the delay,
-so a headend that accepts and then drops us is not hammered.
+Reconnect forever: exponential backoff with full jitter, 0.5 s doubling to a 30 s cap (5 s after a
+refused dial: see der_actors.backoff). The backoff resets after a healthy session: one that was
+registered and then stayed up at least `HEALTHY_SESSION_S` (30 s) after its RegisterAck. A session
+that dies sooner keeps growing the delay, so a headend that accepts and then drops us is not hammered.
 
 Setpoints: see `edge.setpoint_handler` (at most once per setpoint_id, across restarts too).
 """
@@ -177,10 +177,10 @@ class Uplink:
             nursery.start_soon(self._spool_loop)
             nursery.start_soon(self._janitor_loop)
             while True:
-                healthy = await self._session_once()
+                healthy, refused = await self._session_once()
                 if healthy:
                     self._backoff.reset()
-                delay = self._backoff.next_delay()
+                delay = self._backoff.next_delay(refused=refused)
                 log.info("link_retry", delay_s=round(delay, 3), attempt=self._backoff.attempt)
                 await trio.sleep(delay)
 
@@ -253,12 +253,13 @@ class Uplink:
 
     # --- one dial ------------------------------------------------------------------------------
 
-    async def _session_once(self) -> bool:
-        """Dial, run one session until it ends; True if it was healthy."""
+    async def _session_once(self) -> tuple[bool, bool]:
+        """Dial, run one session until it ends; (it was healthy, the dial was refused)."""
         self.stats.dial_attempts += 1
         timeout = self.config.headend_timeout_s
         session: _Session | None = None
         reason: str | None = None
+        refused = False
         with trio.CancelScope(deadline=trio.current_time() + timeout) as watchdog:
             try:
                 async with self._dial() as conn:
@@ -266,6 +267,7 @@ class Uplink:
                     await session.run()
             except Exception as exc:
                 if session is None:  # the dial itself failed
+                    refused = isinstance(exc, ConnectionRefusedError)
                     reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
                 else:
                     reason = _transport_failure(exc)
@@ -279,7 +281,7 @@ class Uplink:
             self.stats.connect_failures += 1
             self.stats.last_disconnect_reason = reason or "connect failed"
             log.warning("link_connect_failed", headend=self.config.headend, reason=reason)
-            return False
+            return False, refused
         if session.reason is not None:
             reason = session.reason
         elif watchdog.cancelled_caught:
@@ -297,7 +299,7 @@ class Uplink:
             up_s=round(trio.current_time() - session.started_at, 3),
             healthy=healthy,
         )
-        return healthy
+        return healthy, False
 
 
 class _Session:

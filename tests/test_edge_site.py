@@ -113,13 +113,13 @@ async def acks_for(conn: AgentConnection, n: int) -> list[SetpointAck]:
     return [await next_of(conn, SetpointAck) for _ in range(n)]
 
 
-def expected_delays(n: int, resets_before: tuple[int, ...] = ()) -> list[float]:
+def expected_delays(n: int, resets_before: tuple[int, ...] = (), *, refused: bool = False) -> list[float]:
     backoff = Backoff(rng=random.Random(SEED))
     out = []
     for i in range(n):
         if i in resets_before:
             backoff.reset()
-        out.append(backoff.next_delay())
+        out.append(backoff.next_delay(refused=refused))
     return out
 
 
@@ -335,20 +335,20 @@ async def test_redials_after_a_cut_on_the_backoff_schedule(autojump_clock: objec
 
 async def test_refused_dials_back_off_with_growing_ceilings_and_points_are_spooled(autojump_clock: object) -> None:
     config = legacy_config()
-    d = expected_delays(8)
+    d = expected_delays(12, refused=True)
     async with trio.open_nursery() as nursery:
         t0 = trio.current_time()
         rig = await start(nursery, config, listening=False)
-        await trio.sleep(sum(d[:7]) + 1e-3)  # seven refused dials so far; the eighth is due at sum(d)
-        assert rig.dials == pytest.approx([t0 + sum(d[:i]) for i in range(8)], abs=1e-9)
+        await trio.sleep(sum(d[:11]) + 1e-3)  # eleven refused dials so far; the twelfth is due at sum(d)
+        assert rig.dials == pytest.approx([t0 + sum(d[:i]) for i in range(12)], abs=1e-9)
         for i, delay in enumerate(d):
-            assert delay <= min(30.0, 0.5 * 2**i)
-        assert rig.site.stats.connect_failures == 8
+            assert delay <= min(5.0, 0.5 * 2**i)  # nothing listening: the refused-dial cap
+        assert rig.site.stats.connect_failures == 12
         rig.network.accept_channel = rig.accept_send
         conn, _ = await rig.accept_and_register()
         assert trio.current_time() - t0 == pytest.approx(sum(d), abs=1e-9)
         ticks_missed = math.floor(sum(d) / 4.0)
-        assert ticks_missed >= 4
+        assert ticks_missed >= 3  # a newest point and a backlog of two
         assert rig.site.stats.points_dropped == 0  # spooled, not dropped
         # The newest spooled point goes first, then the backlog oldest first, then live.
         latest = await next_of(conn, TelemetryBatch)

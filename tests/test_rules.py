@@ -184,6 +184,16 @@ def test_backoff_full_jitter_doubles_to_cap_and_resets():
     assert b.ceiling() == 0.5
 
 
+def test_backoff_after_refused_dials_stays_under_the_refused_cap():
+    b = Backoff(0.5, 30.0, random.Random(7), refused_cap_s=5.0)
+    ceilings = []
+    for _ in range(6):
+        ceilings.append(b.ceiling(refused=True))
+        assert 0 <= b.next_delay(refused=True) <= ceilings[-1]
+    assert ceilings == [0.5, 1, 2, 4, 5, 5]
+    assert b.ceiling() == 30  # a dial that reached the headend keeps the full ceiling
+
+
 # --- telemetry acks ----------------------------------------------------------------------------
 
 

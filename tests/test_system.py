@@ -165,9 +165,9 @@ async def test_a_dropped_link_reconnects_on_the_backoff_schedule(system, autojum
     accept, system.network.accept_channel = system.network.accept_channel, None
     cut_at = trio.current_time()
     assert system.network.cut_all() == 1
-    dial_times = [cut_at + expected.next_delay()]
+    dial_times = [cut_at + expected.next_delay()]  # the session ended: the full ceiling
     while dial_times[-1] < cut_at + 20:
-        dial_times.append(dial_times[-1] + expected.next_delay())
+        dial_times.append(dial_times[-1] + expected.next_delay(refused=True))  # nothing listening
     await trio.sleep(20)
     system.network.accept_channel = accept
     await system.settle(lambda: system.view(asset_id).connected)

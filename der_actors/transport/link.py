@@ -49,7 +49,7 @@ def memory_link_pair(peer: str) -> tuple[AgentConnection, EdgeConnection]:
     return AgentConnection(peer, up_recv, down_send), EdgeConnection(up_send, down_recv)
 
 
-class LinkRefused(ConnectionError):
+class LinkRefused(ConnectionRefusedError):
     """Dialing failed (nothing listening, network down)."""
 
 
