@@ -270,7 +270,7 @@ class Spool:
         }
         tmp = self._path("state.json.tmp")
         with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(state, f, separators=(",", ":"))
+            f.write(json.dumps(state, separators=(",", ":")))  # dumps: the C encoder (dump is pure Python)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, self._path("state.json"))
