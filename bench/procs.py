@@ -46,7 +46,8 @@ class Cleanup:
 
     def tempdir(self, prefix: str) -> str:
         d = tempfile.mkdtemp(prefix=f"der-bench-{prefix}-")
-        self.dirs.append(d)
+        if not os.environ.get("DER_BENCH_KEEP"):  # keep the work directories (logs) to look into a run
+            self.dirs.append(d)
         return d
 
     def run(self) -> None:

@@ -63,17 +63,25 @@ async def run_server(
             await shutdown.wait()
             log.info("headend_stopping")
             front.cancel_scope.cancel()
-        await _close_sessions(headend, deadline_s=2)
+        stopping_at = trio.current_time()
+        open_sessions = await _close_sessions(headend, deadline_s=2)
+        sessions_closed_at = trio.current_time()
         with trio.move_on_after(5):
             await headend.ctx.store.flushed()
+        log.info("headend_stopped", sessions_open=open_sessions, close_sessions_s=round(sessions_closed_at - stopping_at, 3),
+                 flush_s=round(trio.current_time() - sessions_closed_at, 3),
+                 unflushed_points=headend.ctx.store.buffered_points)
         nursery.cancel_scope.cancel()
 
 
-async def _close_sessions(headend: Headend, deadline_s: float) -> None:
-    """End every session with a reason, so their records say why (before the last history flush)."""
+async def _close_sessions(headend: Headend, deadline_s: float) -> int:
+    """End every session with a reason, so their records say why (before the last history flush).
+    Returns how many there were."""
     directory = headend.ctx.directory
-    for session in list(directory.sessions.values()):
+    sessions = list(directory.sessions.values())
+    for session in sessions:
         session.close("headend shutting down")
     with trio.move_on_after(deadline_s):
         while directory.sessions:
             await trio.sleep(0.01)
+    return len(sessions)

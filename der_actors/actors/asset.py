@@ -12,6 +12,8 @@ dictionary write and a task switch per point.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+
 import attrs
 import structlog
 import trio
@@ -104,16 +106,21 @@ async def _asset_loop(handle: AssetHandle, inbox: trio.MemoryReceiveChannel[Asse
         handle.published = apply(handle.published, msg)
 
 
-async def run_asset(
-    asset: Asset,
-    sessions: tuple[SessionSummary, ...] = (),
-    *,
-    task_status: trio.TaskStatus[AssetHandle] = trio.TASK_STATUS_IGNORED,
-) -> None:
-    """`sessions`: the asset's last few sessions from the store (newest first), so `/agents` shows
-    them after a restart."""
+def open_asset(
+    asset: Asset, sessions: tuple[SessionSummary, ...] = ()
+) -> tuple[AssetHandle, Callable[[], Awaitable[None]]]:
+    """The asset actor's handle and its run function (start it in the owner's nursery).
+
+    The handle is usable at once: messages queue in the inbox until the loop runs, so the headend
+    creates 10,000 actors without waiting for each one's task to be scheduled (`nursery.start` did,
+    one scheduling round per actor). `sessions`: the asset's last few sessions from the store (newest
+    first), so `/agents` shows them after a restart.
+    """
     send, recv = trio.open_memory_channel[AssetMessage](INBOX_SIZE)
-    async with send, recv:
-        handle = AssetHandle(asset, send, sessions)
-        task_status.started(handle)
-        await supervise(f"asset:{asset.id}", lambda: _asset_loop(handle, recv))
+    handle = AssetHandle(asset, send, sessions)
+
+    async def run() -> None:
+        with send, recv:  # sync close: `async with` checkpoints twice per actor, 10,000 times at shutdown
+            await supervise(f"asset:{asset.id}", lambda: _asset_loop(handle, recv))
+
+    return handle, run

@@ -3,6 +3,8 @@
 Start order is dependency order, each with `nursery.start` so nothing is used before it is ready:
 store (which saves the inventory and reads each asset's recent sessions), directory, dispatch
 supervisor, one actor per configured asset (seeded with those sessions), then the session manager.
+Asset actors are the exception: their handles work before their loops run (the inbox queues), so
+they are created synchronously and started with `start_soon`, not one `nursery.start` round each.
 Transports (gRPC, in-memory) get a clone of `accept` and send it one `AgentConnection` per stream.
 """
 
@@ -12,7 +14,7 @@ import attrs
 import structlog
 import trio
 
-from der_actors.actors.asset import SESSIONS_KEPT, run_asset
+from der_actors.actors.asset import SESSIONS_KEPT, open_asset
 from der_actors.actors.context import HeadendConfig, HeadendContext
 from der_actors.actors.directory import run_directory
 from der_actors.actors.dispatch import DispatchBook, run_dispatch_supervisor
@@ -57,7 +59,10 @@ async def run_headend(
             store.record_session(summary)
         directory = await nursery.start(run_directory)
         dispatches = await nursery.start(run_dispatch_supervisor)
-        assets = {a.id: await nursery.start(run_asset, a, recent.get(a.id, ())) for a in inventory.assets}
+        assets = {}
+        for asset in inventory.assets:
+            assets[asset.id], run_asset = open_asset(asset, recent.get(asset.id, ()))
+            nursery.start_soon(run_asset)
         ctx = HeadendContext(config, inventory, clock, assets, directory, store, dispatches)
         dispatches.ctx = ctx
         store.stored_listeners.append(lambda points: acknowledge_stored(ctx, [(p.point.asset_id, p.point.seq) for p in points]))
