@@ -27,3 +27,22 @@ def seq_ranges(keys: Iterable[tuple[str, int]]) -> dict[str, list[SeqRange]]:
         ranges.append(SeqRange(asset_id, first, last))
         out[asset_id] = ranges
     return out
+
+
+def merge_ranges(ranges: Iterable[SeqRange]) -> tuple[SeqRange, ...]:
+    """Ranges -> the fewest covering the same seqs, by asset in first-seen order, each ascending."""
+    by_asset: dict[str, list[SeqRange]] = {}
+    for r in ranges:
+        by_asset.setdefault(r.asset_id, []).append(r)
+    out: list[SeqRange] = []
+    for asset_id, rs in by_asset.items():
+        rs.sort(key=lambda r: r.first_seq)
+        first, last = rs[0].first_seq, rs[0].last_seq
+        for r in rs[1:]:
+            if r.first_seq <= last + 1:
+                last = max(last, r.last_seq)
+                continue
+            out.append(SeqRange(asset_id, first, last))
+            first, last = r.first_seq, r.last_seq
+        out.append(SeqRange(asset_id, first, last))
+    return tuple(out)

@@ -197,6 +197,15 @@ def test_backoff_after_refused_dials_stays_under_the_refused_cap():
 # --- telemetry acks ----------------------------------------------------------------------------
 
 
+def test_merge_ranges_joins_overlapping_and_adjacent_ranges_per_asset():
+    from der_actors.acks import merge_ranges
+    from der_actors.messages import SeqRange
+
+    got = merge_ranges([SeqRange("a", 4, 6), SeqRange("b", 1, 1), SeqRange("a", 1, 3), SeqRange("a", 5, 9),
+                        SeqRange("a", 11, 12), SeqRange("b", 3, 3)])
+    assert got == (SeqRange("a", 1, 9), SeqRange("a", 11, 12), SeqRange("b", 1, 1), SeqRange("b", 3, 3))
+
+
 def test_seq_ranges_compress_each_assets_seqs():
     from der_actors.acks import seq_ranges
     from der_actors.messages import SeqRange

@@ -17,7 +17,7 @@ import attrs
 import structlog
 import trio
 
-from der_actors.acks import seq_ranges
+from der_actors.acks import merge_ranges, seq_ranges
 from der_actors.actors.asset import Connected, Disconnected
 from der_actors.actors.context import HeadendContext
 from der_actors.messages import (
@@ -43,6 +43,13 @@ log = structlog.get_logger("der.session")
 # arrives at once (at most one per asset and one per site: newer ones supersede older). Full means
 # the agent is not draining its stream; a dispatch then fails fast instead of queueing behind it.
 COMMAND_INBOX = 1024
+# TelemetryAcks to one agent go out at most this often, each covering everything stored since the
+# last: under load the store commits many small batches a second per session, and one ack message
+# per commit cost as much as the telemetry it acknowledged. The first ack after a quiet spell goes
+# at once, so an agent sending every few seconds sees no added delay.
+ACK_INTERVAL_S = 0.25
+# Coalesced ranges are merged once the pending list passes this (an agent not reading its stream).
+ACK_MERGE_AT = 1024
 LINK_ERRORS = (trio.BrokenResourceError, trio.ClosedResourceError)
 
 
@@ -69,6 +76,8 @@ class SessionHandle:
         self.last_seen = 0.0
         self.points = 0
         self.ignored_points = 0
+        self.acks_pending: list[SeqRange] = []  # stored, not yet acknowledged (see ACK_INTERVAL_S)
+        self.ack_due = trio.Event()
 
     def send_setpoint(self, setpoint: Setpoint) -> bool:
         """Queue a setpoint for the agent; False when the session cannot take it (closing or stuck)."""
@@ -79,12 +88,11 @@ class SessionHandle:
             return False
 
     def ack_telemetry(self, ranges: tuple[SeqRange, ...]) -> None:
-        """Tell the agent these points are stored. A full inbox skips it: the agent replays them
-        later and the store keeps one copy, so a lost ack costs bandwidth, never data."""
-        try:
-            self._commands.send_nowait(TelemetryAck(ranges))
-        except (trio.WouldBlock, *LINK_ERRORS):
-            pass
+        """Tell the agent these points are stored (in the session's next TelemetryAck)."""
+        self.acks_pending.extend(ranges)
+        if len(self.acks_pending) > ACK_MERGE_AT:
+            self.acks_pending = list(merge_ranges(self.acks_pending))
+        self.ack_due.set()
 
     def lost_asset(self, asset_id: str, reason: str) -> None:
         try:
@@ -180,6 +188,7 @@ class Session:
         async with trio.open_nursery() as nursery:
             self._stop = nursery.cancel_scope
             nursery.start_soon(self._commands_loop)
+            nursery.start_soon(self._ack_loop)
             nursery.start_soon(self._heartbeat_loop)
             reason = await self._inbound_loop()
             nursery.cancel_scope.cancel()
@@ -273,7 +282,7 @@ class Session:
 
     async def _commands_loop(self) -> None:
         async for cmd in self.commands:
-            if isinstance(cmd, Setpoint | TelemetryAck):
+            if isinstance(cmd, Setpoint):
                 await self._send(cmd)
             elif isinstance(cmd, _LostAsset):
                 self.owned.discard(cmd.asset_id)
@@ -282,6 +291,15 @@ class Session:
                     self._end("every asset taken over by a newer session")
             elif isinstance(cmd, _Close):
                 self._end(cmd.reason)
+
+    async def _ack_loop(self) -> None:
+        handle = self.handle
+        while True:
+            await handle.ack_due.wait()
+            handle.ack_due = trio.Event()
+            ranges, handle.acks_pending = handle.acks_pending, []
+            await self._send(TelemetryAck(merge_ranges(ranges)))
+            await trio.sleep(ACK_INTERVAL_S)
 
     async def _heartbeat_loop(self) -> None:
         while True:
