@@ -294,12 +294,15 @@ class Session:
 
     async def _ack_loop(self) -> None:
         handle = self.handle
+        next_at = -math.inf
         while True:
             await handle.ack_due.wait()
+            if trio.current_time() < next_at:
+                await trio.sleep_until(next_at)  # gather what else is stored meanwhile into this ack
             handle.ack_due = trio.Event()
             ranges, handle.acks_pending = handle.acks_pending, []
             await self._send(TelemetryAck(merge_ranges(ranges)))
-            await trio.sleep(ACK_INTERVAL_S)
+            next_at = trio.current_time() + ACK_INTERVAL_S
 
     async def _heartbeat_loop(self) -> None:
         while True:
