@@ -5,7 +5,9 @@ under `supervise`, so one crashing asset never takes down its siblings or the li
 the restart intensity propagates and stops the process (that is our bug, and hiding it would be worse).
 
 All assets tick on one grid (first tick at start + interval), driven by the site's metronome, so the
-uplink spools and sends one TelemetryBatch per tick for the whole site.
+uplink spools and sends one TelemetryBatch per tick for the whole site. The metronome is not under
+`supervise`: a tick's exception is the asset actor's (edge/metronome.py), and a restarted metronome
+would tick off the grid; anything else failing in it is our bug and stops the site.
 
 The site's persistent state (`EdgeState`: spool and setpoint outcomes, in EDGE_SPOOL_DIR) is opened
 before the actors exist, because each asset's seq goes on from the spool's high-water mark.

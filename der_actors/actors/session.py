@@ -65,7 +65,8 @@ class _Close:
 
 
 class SessionHandle:
-    """Others' view of a session. Attributes are written by the session actor only."""
+    """Others' view of a session. Attributes are written by the session actor only, except the ack
+    queue (`acks_pending`, `ack_due`), which `ack_telemetry` fills for the session's ack loop."""
 
     def __init__(self, session_id: str, peer: str, commands: trio.MemorySendChannel) -> None:
         self.session_id = session_id
