@@ -94,22 +94,18 @@ class Gateway:
         self._session_registered_at = 0.0
         self.backoff = Backoff(rng=random.Random(fleet.seed * 100_003 + index))
         self.stream: GrpcStream | None = None
+        self.dial_refused = False  # the last dial found nothing listening (the agent's shorter backoff)
 
     # --- the agent loop ----------------------------------------------------------------------
 
     async def run(self) -> None:
         fleet = self.fleet
         first = True
-        refused = False
         while not fleet.stopping:
             if not first:
-                await trio.sleep(self.backoff.next_delay(refused=refused))
+                await trio.sleep(self.backoff.next_delay(refused=self.dial_refused))
             first = False
-            refused = False
-            try:
-                healthy = await self._session_once()
-            except ConnectionRefusedError:
-                refused, healthy = True, False
+            healthy = await self._session_once()
             if healthy:
                 self.backoff.reset()
             if not fleet.reconnect:
@@ -117,16 +113,15 @@ class Gateway:
 
     async def _session_once(self) -> bool:
         fleet = self.fleet
+        self.dial_refused = False
         fleet.stats.dials += 1
         try:
             async with fleet.dial_limit:
                 cm = open_stream(fleet.host, fleet.port, PATH)
                 stream = await cm.__aenter__()
-        except ConnectionRefusedError:
+        except OSError as exc:
             fleet.stats.dial_failures += 1
-            raise
-        except OSError:
-            fleet.stats.dial_failures += 1
+            self.dial_refused = isinstance(exc, ConnectionRefusedError)
             return False
         healthy = False
         try:

@@ -72,6 +72,11 @@ async def test_a_batch_closes_on_size_at_once_or_after_the_short_deadline(nurser
     store.record_points([pt(BESS1, s) for s in range(4, 14)])  # a full batch does not wait
     await trio.testing.wait_all_tasks_blocked()
     assert (store.counters.batches, store.counters.stored_points, trio.current_time()) == (2, 13, t)
+    store.record_points([pt(BESS1, s) for s in range(14, 17)])
+    await trio.sleep(0.01)
+    store.record_points([pt(BESS1, s) for s in range(17, 24)])  # completes the waiting batch: written now
+    await trio.testing.wait_all_tasks_blocked()
+    assert (store.counters.batches, store.counters.stored_points, trio.current_time()) == (3, 23, t + 0.01)
 
 
 # --- drop policy and accounting on a real engine ---------------------------------------------
