@@ -204,6 +204,8 @@ def test_merge_ranges_joins_overlapping_and_adjacent_ranges_per_asset():
     got = merge_ranges([SeqRange("a", 4, 6), SeqRange("b", 1, 1), SeqRange("a", 1, 3), SeqRange("a", 5, 9),
                         SeqRange("a", 11, 12), SeqRange("b", 3, 3)])
     assert got == (SeqRange("a", 1, 9), SeqRange("a", 11, 12), SeqRange("b", 1, 1), SeqRange("b", 3, 3))
+    # one range per asset: kept as they came
+    assert merge_ranges([SeqRange("b", 5, 6), SeqRange("a", 1, 1)]) == (SeqRange("b", 5, 6), SeqRange("a", 1, 1))
 
 
 def test_seq_ranges_compress_each_assets_seqs():

@@ -66,13 +66,17 @@ def _details_to_pb(d: m.Details, out: pb.Telemetry) -> None:
 def _details_from_pb(p: pb.Telemetry) -> m.Details:
     which = p.WhichOneof("details")
     if which == "bess":
-        return m.BessDetails(soc_pct=p.bess.soc_pct, energy_mwh=p.bess.energy_mwh)
+        d = p.bess
+        return m.BessDetails(d.soc_pct, d.energy_mwh)
     if which == "pv":
-        return m.PvDetails(irradiance_wm2=p.pv.irradiance_wm2, available_mw=p.pv.available_mw)
+        d = p.pv
+        return m.PvDetails(d.irradiance_wm2, d.available_mw)
     if which == "wind":
-        return m.WindDetails(wind_speed_ms=p.wind.wind_speed_ms, available_mw=p.wind.available_mw)
+        d = p.wind
+        return m.WindDetails(d.wind_speed_ms, d.available_mw)
     if which == "ev":
-        return m.EvDetails(active_sessions=p.ev.active_sessions, station_state=p.ev.station_state)
+        d = p.ev
+        return m.EvDetails(d.active_sessions, d.station_state)
     return None
 
 
@@ -93,17 +97,11 @@ def telemetry_to_pb(t: m.Telemetry, out: pb.Telemetry) -> None:
 
 
 def telemetry_from_pb(p: pb.Telemetry) -> m.Telemetry:
+    # positional and one timestamp read: this runs for every point the headend receives
+    ts = p.timestamp
     return m.Telemetry(
-        asset_id=p.asset_id,
-        site_id=p.site_id,
-        seq=p.seq,
-        timestamp=_ts_from_pb(p.timestamp),
-        mw=p.mw,
-        mw_setpoint=p.mw_setpoint,
-        online=p.online,
-        status=p.status,
-        fault_code=p.fault_code,
-        details=_details_from_pb(p),
+        p.asset_id, p.site_id, p.seq, ts.seconds + ts.nanos * 1e-9, p.mw, p.mw_setpoint, p.online, p.status,
+        p.fault_code, _details_from_pb(p),
     )
 
 
