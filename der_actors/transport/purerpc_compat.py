@@ -11,6 +11,12 @@ which is where its defects live:
 - `Server` bound all interfaces with `reuse_port`: `serve_grpc` binds the configured host itself;
 - a bare `except:` swallowed cancellation: our handlers catch `Exception` only;
 - no peer address in handlers: `serve_grpc` passes it to the handler.
+
+And three per-message costs, measured under the ingest benchmark (bench/): purerpc woke its socket
+writer task after every received chunk and every received message, nearly always to find nothing
+to send; it yielded to the scheduler when queueing each received event into a stream's unbounded
+buffer, and again when taking one that was already there. Each is cut here without changing what
+goes on the wire.
 """
 
 from __future__ import annotations
@@ -29,9 +35,16 @@ if not hasattr(h2.events, "PingAcknowledged"):  # h2 >= 4: renamed
     h2.events.PingAcknowledged = h2.events.PingAckReceived  # type: ignore[attr-defined]
 
 from purerpc.grpc_proto import GRPCProtoSocket, GRPCProtoStream  # noqa: E402
+from purerpc.grpc_socket import SocketWrapper  # noqa: E402
 from purerpc.grpclib.config import GRPCConfiguration  # noqa: E402
 from purerpc.grpclib.connection import GRPCConnection  # noqa: E402
-from purerpc.grpclib.events import RequestEnded, RequestReceived, ResponseEnded  # noqa: E402
+from purerpc.grpclib.events import (  # noqa: E402
+    MessageReceived,
+    RequestEnded,
+    RequestReceived,
+    ResponseEnded,
+    WindowUpdated,
+)
 from purerpc.grpclib.status import Status, StatusCode  # noqa: E402
 
 log = logging.getLogger(__name__)
@@ -52,12 +65,87 @@ def _stream_reset(self: GRPCConnection, event: h2.events.StreamReset) -> list:
 GRPCConnection._stream_reset = _stream_reset  # type: ignore[method-assign]
 
 
+class _SocketWriter(SocketWrapper):
+    """purerpc's socket writer task, woken only when h2 holds bytes to send."""
+
+    def __init__(self, grpc_connection: GRPCConnection, stream: anyio.abc.SocketStream) -> None:
+        super().__init__(grpc_connection, stream)
+        self._h2 = grpc_connection.h2_connection
+        self._flush_event = trio.Event()  # cheaper to make than anyio's, and we only run on trio
+
+    async def _writer_thread(self) -> None:
+        while True:
+            data = self._grpc_connection.data_to_send()
+            if data:
+                await self._stream.send(data)
+            elif self._running:
+                await self._flush_event.wait()
+                self._flush_event = trio.Event()
+            else:
+                return
+
+    async def flush(self) -> None:
+        if self._h2._data_to_send:  # h2's outbound buffer (purerpc's own h2 patch reads it too)
+            self._flush_event.set()
+
+
+class _Stream(GRPCProtoStream):
+    async def _receive(self):
+        try:  # an event already queued is taken without a trip through the scheduler
+            event = self._incoming_events[1].receive_nowait()
+        except anyio.WouldBlock:
+            event = await self._incoming_events[1].receive()
+        if isinstance(event, MessageReceived):
+            self._grpc_connection.acknowledge_received_data(self._stream_id, event.flow_controlled_length)
+            await self._socket.flush()
+        elif isinstance(event, (RequestEnded, ResponseEnded)):
+            assert self._end_stream_event is None
+            self._end_stream_event = event
+        else:
+            assert self._start_stream_event is None
+            self._start_stream_event = event
+        return event
+
+
 class _Socket(GRPCProtoSocket):
-    """A GRPCProtoSocket whose streams end when the connection's reader ends."""
+    """A GRPCProtoSocket whose streams end when the connection's reader ends (and the cheaper
+    per-message path of `_SocketWriter` and `_Stream`)."""
+
+    StreamClass = _Stream
+
+    def __init__(self, config: GRPCConfiguration, sock: anyio.abc.SocketStream) -> None:
+        super().__init__(config, sock)
+        self._socket = _SocketWriter(self._grpc_connection, sock)
 
     def end_all_streams(self) -> None:
         for stream in list(self._streams.values()):
             stream._incoming_events[0].close()
+
+    async def _listen(self):
+        """purerpc's reader loop, queueing events without a checkpoint each (the buffers are
+        unbounded, so the send never waits; the socket read is where this task yields)."""
+        while True:
+            try:
+                data = await self._socket.recv(self._receive_buffer_size)
+            except (anyio.EndOfStream, anyio.BrokenResourceError):
+                return
+            events = self._grpc_connection.receive_data(data)
+            await self._socket.flush()
+            for event in events:
+                if isinstance(event, WindowUpdated):
+                    if event.stream_id == 0:
+                        for stream in self._streams.values():
+                            await stream._set_flow_control_update()
+                    elif event.stream_id in self._streams:
+                        await self._streams[event.stream_id]._set_flow_control_update()
+                    continue
+                if isinstance(event, RequestReceived):
+                    self._allocate_stream(event.stream_id)
+                self._streams[event.stream_id]._incoming_events[0].send_nowait(event)
+                if isinstance(event, RequestReceived):
+                    yield self._streams[event.stream_id]
+                elif isinstance(event, (ResponseEnded, RequestEnded)):
+                    self._streams[event.stream_id]._close_remote()
 
     async def _reader_thread(self) -> None:  # client side: purerpc's reader task
         try:
