@@ -97,6 +97,15 @@ def test_a_replayed_point_is_stored_once(store):
     assert rows[-1] == first  # the first copy wins
 
 
+def test_a_batch_larger_than_one_insert_statement_counts_only_new_points(store):
+    # SQLite writes 1,000 rows a statement: replays on both sides of a statement boundary
+    store.write(WriteBatch(points=[point(BESS1, s) for s in range(990, 1010)]))
+    batch = [point(BESS1, s) for s in range(1, 2501)] + [point(BESS2, 5), point(BESS2, 5)]
+    assert store.write(WriteBatch(points=batch)) == 2500 - 20 + 1
+    assert [r.point.seq for r in store.telemetry_history(BESS1, None, None, 5000)] == list(range(2500, 0, -1))
+    assert store.telemetry_history(BESS1, None, None, 5000)[-1000] == point(BESS1, 1000)
+
+
 def test_telemetry_for_an_asset_not_in_the_inventory_is_kept(store):
     store.write(WriteBatch(points=[point("retired-asset", 1)]))
     assert [r.point.seq for r in store.telemetry_history("retired-asset", None, None, 10)] == [1]
