@@ -18,10 +18,11 @@ from der_actors.storage.schema import SQLITE_TYPES
 from der_actors.storage.sql import SqlStorage
 
 # Telemetry goes in as multi-row INSERTs of up to this many rows, not executemany: executemany
-# steps SQLite once per row and hands the GIL back and forth each time, and under load the trio
-# thread holds it, so every row waited for a switch (measured: ingest stalled at a third of what
-# the engine takes alone). One statement binds its rows in C, then releases the GIL for one long
-# step that runs beside the trio thread. Capped by SQLite's bound-parameter limit.
+# steps SQLite once per row and hands the GIL between this thread and the trio thread twice a row.
+# One statement binds its rows in C, then releases the GIL for one long step that runs beside the
+# trio thread (ack-paced flood ingest +35%, bench/). Side effect under overload: those handoffs had
+# throttled intake, so without them the trio thread takes more of the GIL and the buffer grows
+# (README, Performance). Capped by SQLite's bound-parameter limit.
 ROWS_PER_INSERT = 1_000
 
 
