@@ -7,7 +7,8 @@ that lost an asset to a takeover cannot remove the new owner's claim when it dis
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from types import MappingProxyType
 
 import attrs
 
@@ -44,5 +45,7 @@ class Routing:
     def owner(self, asset_id: str) -> str | None:
         return self._owner.get(asset_id)
 
-    def snapshot(self) -> dict[str, str]:
-        return dict(self._owner)
+    @property
+    def owners(self) -> Mapping[str, str]:
+        """asset_id -> session_id, live and read-only."""
+        return MappingProxyType(self._owner)

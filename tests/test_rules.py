@@ -54,7 +54,7 @@ def test_newer_session_takes_over_and_old_release_keeps_new_claim():
     assert r.claim("s1", ["a", "b"]) == []
     assert r.claim("s2", ["b"]) == [Takeover("b", "s1", "s2")]
     assert r.release("s1", ["a", "b"]) == ["a"]  # b belongs to s2 now
-    assert r.snapshot() == {"b": "s2"}
+    assert dict(r.owners) == {"b": "s2"}
 
 
 # --- registration ------------------------------------------------------------------------------

@@ -1,11 +1,16 @@
 """The directory actor: asset -> the session that serves it, and the live sessions.
 
-Claims and releases are serialised through its inbox; lookups read the snapshot it publishes.
+Claims and releases are serialised through its inbox; lookups read the handle's live read-only
+maps. The actor is their only writer and trio runs one task at a time, so a reader sees one
+consistent state between two awaits. (They were copied on every claim and release: 10,000 owners
+copied per session made a 1,000-gateway reconnect storm quadratic, ~0.25 s at each end.)
 On a takeover the old session is told (it closes its stream when it has no assets left).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from types import MappingProxyType
 from typing import TYPE_CHECKING
 
 import attrs
@@ -40,8 +45,8 @@ class Release:
 class DirectoryHandle:
     def __init__(self, send: trio.MemorySendChannel[Claim | Release]) -> None:
         self._send = send
-        self.owners: dict[str, str] = {}  # asset_id -> session_id (published snapshot)
-        self.sessions: dict[str, SessionHandle] = {}  # session_id -> handle (published snapshot)
+        self.owners: Mapping[str, str] = MappingProxyType({})  # asset_id -> session_id
+        self.sessions: Mapping[str, SessionHandle] = MappingProxyType({})  # session_id -> handle
 
     async def claim(self, session: SessionHandle, asset_ids: tuple[str, ...]) -> list[Takeover]:
         reply_send, reply_recv = trio.open_memory_channel[list[Takeover]](1)
@@ -60,18 +65,17 @@ class DirectoryHandle:
 async def run_directory(*, task_status: trio.TaskStatus[DirectoryHandle] = trio.TASK_STATUS_IGNORED) -> None:
     send, recv = trio.open_memory_channel[Claim | Release](INBOX_SIZE)
     routing = Routing()
+    sessions: dict[str, SessionHandle] = {}
     async with send, recv:
         handle = DirectoryHandle(send)
+        handle.owners, handle.sessions = routing.owners, MappingProxyType(sessions)
         task_status.started(handle)
         async for msg in recv:
             if isinstance(msg, Claim):
                 takeovers = routing.claim(msg.session.session_id, msg.asset_ids)
-                sessions = dict(handle.sessions)
                 sessions[msg.session.session_id] = msg.session
-                handle.sessions = sessions
-                handle.owners = routing.snapshot()
                 for t in takeovers:
-                    old = handle.sessions.get(t.old_session_id)
+                    old = sessions.get(t.old_session_id)
                     log.warning(
                         "asset_taken_over",
                         asset_id=t.asset_id,
@@ -86,6 +90,4 @@ async def run_directory(*, task_status: trio.TaskStatus[DirectoryHandle] = trio.
                     msg.reply.send_nowait(takeovers)
             else:
                 routing.release(msg.session_id, msg.asset_ids)
-                handle.owners = routing.snapshot()
-                if msg.session_id in handle.sessions:
-                    handle.sessions = {k: v for k, v in handle.sessions.items() if k != msg.session_id}
+                sessions.pop(msg.session_id, None)
