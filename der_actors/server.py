@@ -71,6 +71,8 @@ async def run_server(
         log.info("headend_stopped", sessions_open=open_sessions, close_sessions_s=round(sessions_closed_at - stopping_at, 3),
                  flush_s=round(trio.current_time() - sessions_closed_at, 3),
                  unflushed_points=headend.ctx.store.buffered_points)
+        for asset in headend.ctx.assets.values():
+            asset.close()  # they end on their own before the cancel below reaches them
         nursery.cancel_scope.cancel()
 
 

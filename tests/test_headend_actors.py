@@ -190,3 +190,22 @@ async def test_acks_are_coalesced_to_one_per_interval_and_the_first_is_not_delay
             (0.3, (SeqRange(BESS1, 2, 3),)),
             (0.55, (SeqRange(BESS1, 4, 5),)),
         ]
+
+
+async def test_a_closed_asset_actor_applies_what_is_queued_then_ends_without_being_cancelled(nursery, autojump_clock):
+    from der_actors.actors.asset import open_asset
+
+    handle, run = open_asset(INV.asset(BESS1))
+    ended = []
+
+    async def actor() -> None:
+        await run()
+        ended.append(trio.current_time())  # a cancelled actor would not get here
+
+    nursery.start_soon(actor)
+    await handle.send(SetpointSet(1.5, "d-1"))
+    handle.close()
+    await handle.send(SetpointSet(2.0, "d-2"))  # after close: dropped, not an error (shutdown)
+    await trio.sleep(1)
+    assert ended == [0.0]
+    assert (handle.view.setpoint_mw, handle.view.setpoint_dispatch_id) == (1.5, "d-1")
