@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import os
 import signal
 import sys
 
@@ -62,6 +63,12 @@ def main(argv: list[str] | None = None) -> None:
         trio.run(_serve, settings, inventory, storage)
     finally:
         storage.close()
+    # Served, flushed and closed: skip the interpreter's teardown, which freed a 10,000-asset
+    # headend's objects one by one for ~1 s after its last log line (measured with py-spy), time a
+    # restart waits for. Only after a clean stop; an exception above exits the usual way.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 if __name__ == "__main__":
