@@ -317,3 +317,4 @@ async def operator_flow(procs: Processes, tmp_path: Path) -> None:
     with trio.fail_after(STEP_S):
         assert await headend.stop() == 0, "the headend's exit code"
     assert headend.events("headend_stopping"), "the headend logged no headend_stopping"
+    assert headend.events("headend_stopped"), "the headend's last log line was lost at exit"

@@ -6,7 +6,7 @@ import attrs
 import pytest
 import trio
 
-from der_actors.actors.asset import SetpointSet
+from der_actors.actors.asset import SetpointSet, open_asset
 from der_actors.actors.context import HeadendConfig
 from der_actors.actors.headend import run_headend
 from der_actors.clock import WallClock
@@ -193,8 +193,6 @@ async def test_acks_are_coalesced_to_one_per_interval_and_the_first_is_not_delay
 
 
 async def test_a_closed_asset_actor_applies_what_is_queued_then_ends_without_being_cancelled(nursery, autojump_clock):
-    from der_actors.actors.asset import open_asset
-
     handle, run = open_asset(INV.asset(BESS1))
     ended = []
 

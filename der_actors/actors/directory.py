@@ -43,10 +43,13 @@ class Release:
 
 
 class DirectoryHandle:
-    def __init__(self, send: trio.MemorySendChannel[Claim | Release]) -> None:
+    def __init__(
+        self, send: trio.MemorySendChannel[Claim | Release], owners: Mapping[str, str],
+        sessions: Mapping[str, SessionHandle],
+    ) -> None:
         self._send = send
-        self.owners: Mapping[str, str] = MappingProxyType({})  # asset_id -> session_id
-        self.sessions: Mapping[str, SessionHandle] = MappingProxyType({})  # session_id -> handle
+        self.owners = owners  # asset_id -> session_id
+        self.sessions = sessions  # session_id -> handle
 
     async def claim(self, session: SessionHandle, asset_ids: tuple[str, ...]) -> list[Takeover]:
         reply_send, reply_recv = trio.open_memory_channel[list[Takeover]](1)
@@ -67,8 +70,7 @@ async def run_directory(*, task_status: trio.TaskStatus[DirectoryHandle] = trio.
     routing = Routing()
     sessions: dict[str, SessionHandle] = {}
     async with send, recv:
-        handle = DirectoryHandle(send)
-        handle.owners, handle.sessions = routing.owners, MappingProxyType(sessions)
+        handle = DirectoryHandle(send, routing.owners, MappingProxyType(sessions))
         task_status.started(handle)
         async for msg in recv:
             if isinstance(msg, Claim):

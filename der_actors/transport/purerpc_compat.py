@@ -115,7 +115,7 @@ class _Socket(GRPCProtoSocket):
 
     def __init__(self, config: GRPCConfiguration, sock: anyio.abc.SocketStream) -> None:
         super().__init__(config, sock)
-        self._socket = _SocketWriter(self._grpc_connection, sock)
+        self._socket = _SocketWriter(self._grpc_connection, sock)  # replaces purerpc's, before first use
 
     def end_all_streams(self) -> None:
         for stream in list(self._streams.values()):
