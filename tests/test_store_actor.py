@@ -79,6 +79,27 @@ async def test_a_batch_closes_on_size_at_once_or_after_the_short_deadline(nurser
     assert (store.counters.batches, store.counters.stored_points, trio.current_time()) == (3, 23, t + 0.01)
 
 
+async def test_a_writer_that_fell_behind_takes_up_to_max_batch_rows_in_one_transaction(nursery, autojump_clock):
+    class Recovering(MemoryStorage):
+        down = True
+        sizes: list[int] = []
+
+        def write(self, batch: WriteBatch) -> int:
+            if self.down:
+                raise StorageUnavailable("down")
+            self.sizes.append(len(batch.points))
+            return super().write(batch)
+
+    storage = Recovering()
+    store = await nursery.start(StoreActor(storage, batch_rows=10, max_batch_rows=25, retry_initial_s=1, retry_cap_s=1).run)
+    store.record_points([pt(BESS1, s) for s in range(1, 61)])
+    await trio.sleep(0.5)
+    assert (store.counters.write_errors, store.buffered_points) == (1, 60)
+    storage.down = False
+    await trio.sleep(1)
+    assert storage.sizes == [25, 25, 10] and store.counters.stored_points == 60
+
+
 # --- drop policy and accounting on a real engine ---------------------------------------------
 
 
