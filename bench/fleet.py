@@ -11,12 +11,14 @@ pre-encoded `TelemetryBatch` messages (one point per asset; only seq and timesta
 - `Heartbeat`: ignored (telemetry keeps the session alive).
 
 Telemetry modes:
-- flood: `ticks` batches (or until `flood_until`) as fast as acks allow, at most `window` batches
+- flood: `ticks` ticks (or until `flood_until`) as fast as acks allow, at most `window` ticks
   unacknowledged per gateway
   (the headend acks what its store committed, so this is "as fast as the headend stores it"; when
-  the window opens for several batches they go out in one socket write). An ack that never comes
-  (the headend skips acks when a session's inbox is full) would stall a gateway: after
-  `ack_stall_s` it counts a stall and carries on (stored rows are counted in the database anyway).
+  the window opens for several ticks they go out in one socket write, `ticks_per_message` ticks to
+  a TelemetryBatch: 1 is the live shape, more is how a real agent that is behind merges them).
+  An ack that never comes (the headend skips acks when a session's inbox is full) would stall a
+  gateway: after `ack_stall_s` it counts a stall and carries on (stored rows are counted in the
+  database anyway).
 - paced: one batch every `interval_s`, gateways spread evenly over the interval, timestamps = now
   (so the headend's telemetry lag is meaningful); sent right after each (re-)registration too, as a
   real agent backfills at once. `gated=True`: nobody sends until `fleet.go` is set (a scenario that
@@ -222,9 +224,11 @@ class Gateway:
             k = min(window - (self.seq - self.acked), last - self.seq)
             now = time.time()
             first = self.seq + 1
-            await stream.send_many([self.encoder.encode(first + i, now) for i in range(k)])
+            per = fleet.ticks_per_message
+            batches = [self.encoder.encode(s, now, min(per, first + k - s)) for s in range(first, first + k, per)]
+            await stream.send_many(batches)
             self.seq += k
-            stats.batches_sent += k
+            stats.batches_sent += len(batches)
             stats.points_sent += k * n_assets
         while self.acked < last:  # wait for the last acks (the stall rule again)
             self._acked_event = trio.Event()
@@ -266,11 +270,13 @@ class Fleet:
 
     def __init__(self, sites: list[GenSite], host: str, port: int, *, mode: str = "paced", ticks: int = 0,
                  window: int = 8, interval_s: float = 4.0, reconnect: bool = False, ack_stall_s: float = 30.0,
-                 dial_concurrency: int | None = 64, seed: int = 1, gated: bool = False) -> None:
+                 dial_concurrency: int | None = 64, seed: int = 1, gated: bool = False,
+                 ticks_per_message: int = 1) -> None:
         assert mode in ("flood", "paced")
         self.host, self.port = host, port
         self.mode, self.ticks, self.window, self.interval_s = mode, ticks, window, interval_s
         self.reconnect, self.ack_stall_s, self.seed = reconnect, ack_stall_s, seed
+        self.ticks_per_message = ticks_per_message  # flood: ticks merged into one TelemetryBatch
         self.dial_limit = trio.CapacityLimiter(dial_concurrency) if dial_concurrency else _NoLimit()
         self.gateways = [Gateway(self, i, s) for i, s in enumerate(sites)]
         self.size = len(self.gateways)

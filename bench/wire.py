@@ -86,13 +86,15 @@ class BatchEncoder:
             self._framed[suffix_len] = heads
         return heads
 
-    def encode(self, seq: int, timestamp: float) -> bytes:
-        suffix = point_suffix(seq, timestamp)
-        heads = self._heads(len(suffix))
+    def encode(self, seq: int, timestamp: float, ticks: int = 1) -> bytes:
+        """Ticks `seq` .. `seq + ticks - 1`, every asset's point at each, in one message (a real agent
+        merges ticks that queued behind a slow send the same way, edge/link.py)."""
         parts: list[bytes] = []
-        for h in heads:
-            parts.append(h)
-            parts.append(suffix)
+        for s in range(seq, seq + ticks):
+            suffix = point_suffix(s, timestamp)
+            for h in self._heads(len(suffix)):
+                parts.append(h)
+                parts.append(suffix)
         batch = b"".join(parts)
         return key(_AM_TELEMETRY_BATCH, 2) + varint(len(batch)) + batch
 
@@ -140,6 +142,8 @@ def _self_check() -> None:
         for i, p in enumerate(msg.points):
             assert (p.asset_id, p.site_id, p.seq, p.mw, p.mw_setpoint, p.online) == (f"a{i}", "s", seq, 0.5 + i, -1.0, True), p
             assert abs(p.timestamp - ts) < 1e-6 and p.details.soc_pct == 50.0, p
+    merged = codec.agent_from_pb(pb.AgentMessage.FromString(enc.encode(126, 1_800_000_000.0, ticks=3)))
+    assert [(p.asset_id, p.seq) for p in merged.points] == [(f"a{i}", s) for s in (126, 127, 128) for i in range(3)]
     print("bench.wire: encodings decode as intended")
 
 
