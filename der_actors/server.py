@@ -12,6 +12,7 @@ from hypercorn.trio import serve as serve_http
 
 from der_actors.actors.context import HeadendConfig
 from der_actors.actors.headend import Headend, run_headend
+from der_actors.actors.lag_monitor import run_lag_monitor
 from der_actors.clock import WallClock
 from der_actors.config import HeadendSettings
 from der_actors.model import Inventory
@@ -49,6 +50,7 @@ async def run_server(
             functools.partial(run_headend, retention_days=settings.telemetry_retention_days),
             config, inventory, storage, WallClock.calibrated(),
         )
+        nursery.start_soon(run_lag_monitor, headend.ctx.loop_lag)
         async with trio.open_nursery() as front:  # the doors: closed first on shutdown
             grpc_port = await front.start(serve_agents, settings.grpc_host, settings.grpc_port, headend.accept.clone())
             http = HypercornConfig()

@@ -125,7 +125,12 @@ async def test_agents_all_disconnected_initially(live_headend: LiveHeadend, http
 async def test_health(http: httpx.AsyncClient) -> None:
     r = await http.get("/health")
     assert r.status_code == 200
-    assert r.json() == {"status": "ok", "sessions": 0, "assets": 20}
+    body = r.json()
+    lag = body.pop("event_loop_lag_ms")
+    history = body.pop("history")
+    assert body == {"status": "ok", "sessions": 0, "assets": 20}
+    assert 0 <= lag["last"] <= lag["worst_60s"]  # the process's monitor has woken at least once
+    assert (history["received_points"], history["stored_points"], history["healthy"]) == (0, 0, True)
 
 
 async def test_openapi_describes_every_route(live_headend: LiveHeadend, http: httpx.AsyncClient) -> None:
@@ -377,7 +382,11 @@ async def test_gateway_telemetry_heartbeats_and_site_dispatch(
             assert isinstance(row["telemetry_lag_s"], float)
         else:
             assert row["telemetry_lag_s"] is None
-    assert (await http.get("/health")).json()["sessions"] == 1
+    health = (await http.get("/health")).json()
+    assert health["sessions"] == 1 and health["status"] == "ok"
+    history = health["history"]  # three points each from the battery and the turbine, all read back above
+    assert (history["received_points"], history["stored_points"], history["buffered_points"]) == (6, 6, 0)
+    assert (history["dropped_points"], history["rejected_points"], history["last_error"]) == (0, 0, None)
 
     # Split preview: allocations add up to what is placed
     r = await http.get(f"/sites/{RIDGEWAY}/split", params={"mw": 5})

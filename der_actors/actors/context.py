@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 import attrs
 
 from der_actors.clock import WallClock
+from der_actors.loop_lag import LagWindow
 from der_actors.model import Inventory
 
 if TYPE_CHECKING:
@@ -33,3 +34,4 @@ class HeadendContext:
     directory: DirectoryHandle
     store: StoreActor
     dispatches: DispatchBook
+    loop_lag: LagWindow

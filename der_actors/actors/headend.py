@@ -21,6 +21,7 @@ from der_actors.actors.dispatch import DispatchBook, run_dispatch_supervisor
 from der_actors.actors.session import acknowledge_stored, run_session_manager
 from der_actors.actors.store import StoreActor
 from der_actors.clock import WallClock
+from der_actors.loop_lag import LagWindow
 from der_actors.model import Inventory
 from der_actors.storage.base import Storage
 from der_actors.transport.link import AgentConnection
@@ -63,7 +64,9 @@ async def run_headend(
         for asset in inventory.assets:
             assets[asset.id], run_asset = open_asset(asset, recent.get(asset.id, ()))
             nursery.start_soon(run_asset)
-        ctx = HeadendContext(config, inventory, clock, assets, directory, store, dispatches)
+        # measured by the process (server.py) on the real clock; a monitor waking ten times a second
+        # would only slow a MockClock run down
+        ctx = HeadendContext(config, inventory, clock, assets, directory, store, dispatches, LagWindow())
         dispatches.ctx = ctx
         store.stored_listeners.append(lambda points: acknowledge_stored(ctx, [(p.point.asset_id, p.point.seq) for p in points]))
         await resume_dispatches(store, dispatches)

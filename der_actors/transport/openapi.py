@@ -39,7 +39,10 @@ def openapi_document() -> dict:
             "Sign convention: +MW = discharge / export / generation, -MW = charge / import / load.",
         },
         "paths": {
-            "/health": _get("Liveness: the process serves requests", errors=()),
+            "/health": _get("Liveness (200 while the process serves): status (degraded while history cannot be "
+                            "written), sessions, assets, event-loop lag (last and worst of the last 60 s, ms), "
+                            "history counters (received, stored, buffered, dropped, rejected points; last_error)",
+                            errors=()),
             "/sites": _get("Configured sites, inventory order", errors=()),
             "/assets": _get("Configured assets (the inventory), inventory order", errors=()),
             "/agents": _get("One row per configured asset: connection, session, last seen, telemetry lag, recent sessions", errors=()),

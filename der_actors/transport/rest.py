@@ -10,6 +10,7 @@ import csv
 import io
 
 import structlog
+import trio
 from quart import Response, jsonify, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
@@ -77,7 +78,15 @@ def create_app(headend: Headend) -> QuartTrio:
 
     @app.get("/health")
     async def health():
-        return {"status": "ok", "sessions": len(ctx.directory.sessions), "assets": len(inventory.assets)}
+        now = trio.current_time()
+        return {
+            # 200 either way: the process serves ("now" and dispatch never wait for the database)
+            "status": "ok" if ctx.store.healthy else "degraded",
+            "sessions": len(ctx.directory.sessions), "assets": len(inventory.assets),
+            "event_loop_lag_ms": {"last": round(ctx.loop_lag.last_s * 1e3, 1),
+                                  "worst_60s": round(ctx.loop_lag.worst_s(now) * 1e3, 1)},
+            "history": ctx.store.status(),
+        }
 
     @app.get("/sites")
     async def sites():

@@ -1,0 +1,38 @@
+"""How late the headend's event loop runs (pure).
+
+Every actor shares one trio thread, so when intake outgrows a core, every hop of a dispatch waits
+behind it; the loop's lateness is the figure that says so, before anything else degrades. A
+monitor task sleeps in short periods and reports how late it woke (`actors/lag_monitor.py`);
+`/health` shows the last figure and the worst of the last minute.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+import attrs
+
+
+@attrs.define
+class LagWindow:
+    window_s: float = 60.0
+    last_s: float = 0.0
+    # (time, lateness), lateness strictly decreasing from the front: the front is the window's
+    # worst, and a sample that a later, larger one outlives can never be the worst again
+    _worst: deque[tuple[float, float]] = attrs.field(factory=deque)
+
+    def add(self, now: float, late_s: float) -> None:
+        self.last_s = late_s
+        while self._worst and self._worst[-1][1] <= late_s:
+            self._worst.pop()
+        self._worst.append((now, late_s))
+        self._expire(now)
+
+    def worst_s(self, now: float) -> float:
+        """The largest lateness recorded in the last `window_s` (0 when none)."""
+        self._expire(now)
+        return self._worst[0][1] if self._worst else 0.0
+
+    def _expire(self, now: float) -> None:
+        while self._worst and self._worst[0][0] < now - self.window_s:
+            self._worst.popleft()
