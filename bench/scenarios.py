@@ -354,11 +354,12 @@ async def scenario_dispatch(ctx: Ctx) -> dict:
         "dispatch_p50_ms": t["p50_ms"], "dispatch_p99_ms": t["p99_ms"], "dispatch_max_ms": t["max_ms"],
         "dispatch_asset_p99_ms": t["asset_p99_ms"], "dispatch_site_p99_ms": t["site_p99_ms"],
         "dispatch_failures": t["not_applied"], "dispatch_background_pts_s": t["sent_pts_s"],
-        "dispatch_background_stored_pts_s": t["stored_pts_s"],
+        "dispatch_background_stored_pts_s": t["stored_pts_s"], "dispatch_loop_lag_p50_ms": t["loop_lag_p50_ms"],
     }
     if light:
         figures.update({"dispatch_light_p50_ms": light["p50_ms"], "dispatch_light_p99_ms": light["p99_ms"],
-                        "dispatch_light_max_ms": light["max_ms"]})
+                        "dispatch_light_max_ms": light["max_ms"],
+                        "dispatch_light_loop_lag_p50_ms": light["loop_lag_p50_ms"]})
     return {"figures": figures, "gateways": n_gw, "assets": n_gw * per, "passes": results,
             "fleet": attrs.asdict(fleet.stats)}
 
@@ -375,6 +376,42 @@ async def _dispatch_pass(client: httpx.AsyncClient, fleet: Fleet, headend: Heade
     rss0 = headend.rss_kb()
     cpu = CpuWindow({"headend": headend.pid})
     deadline = time.perf_counter() + budget_s
+    lags: list[float] = []
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_sample_loop_lag, client, lags)
+        done = await _dispatches(client, sites, n, deadline, rng, lat, internal, failures)
+        nursery.cancel_scope.cancel()
+    cpu_figures = cpu.stop()
+    wall = cpu_figures["wall_s"]
+    both = lat["asset"] + lat["site"]
+    ms = lambda xs, q: pct(xs, q) * 1000 if xs else None  # noqa: E731
+    return {
+        "dispatches": done, "applied": len(both), "not_applied": len(failures) + (n - done), "budget_hit": done < n,
+        "p50_ms": ms(both, 50), "p99_ms": ms(both, 99), "max_ms": max(both) * 1000 if both else None,
+        "asset_p99_ms": ms(lat["asset"], 99), "site_p99_ms": ms(lat["site"], 99),
+        "headend_internal_p50_ms": ms(internal, 50), "headend_internal_p99_ms": ms(internal, 99),
+        "sent_pts_s": (fleet.stats.points_sent - sent0) / wall,
+        "stored_pts_s": (await count_telemetry_async(url) - rows0) / wall,
+        "generator_late_max_s": fleet.stats.max_send_lateness_s,
+        "loop_lag_p50_ms": ms(lags, 50), "loop_lag_max_ms": max(lags) * 1000 if lags else None,
+        "headend_rss_mb_before": rss0 / 1024, "headend_rss_mb_after": headend.rss_kb() / 1024,
+        "cpu": cpu_figures, "failures": failures[:20],
+    }
+
+
+async def _sample_loop_lag(client: httpx.AsyncClient, lags: list[float]) -> None:
+    """The headend's own view of its load, once a second: how late its event loop last woke."""
+    while True:
+        try:
+            lags.append((await client.get("/health")).json()["event_loop_lag_ms"]["last"] / 1000)
+        except (httpx.HTTPError, ValueError, KeyError):
+            pass
+        await trio.sleep(1)
+
+
+async def _dispatches(client: httpx.AsyncClient, sites: list[GenSite], n: int, deadline: float, rng: random.Random,
+                      lat: dict[str, list[float]], internal: list[float], failures: list[str]) -> int:
+    """Dispatches one after another until `n` or the deadline; returns how many were tried."""
     done = 0
     for i in range(n):
         if time.perf_counter() > deadline:
@@ -398,21 +435,7 @@ async def _dispatch_pass(client: httpx.AsyncClient, fleet: Fleet, headend: Heade
         lat[kind].append(elapsed)
         at = {h["state"]: _ts(h["at"]) for h in doc["history"]}
         internal.append(at["applied"] - at["submitted"])
-    cpu_figures = cpu.stop()
-    wall = cpu_figures["wall_s"]
-    both = lat["asset"] + lat["site"]
-    ms = lambda xs, q: pct(xs, q) * 1000 if xs else None  # noqa: E731
-    return {
-        "dispatches": done, "applied": len(both), "not_applied": len(failures) + (n - done), "budget_hit": done < n,
-        "p50_ms": ms(both, 50), "p99_ms": ms(both, 99), "max_ms": max(both) * 1000 if both else None,
-        "asset_p99_ms": ms(lat["asset"], 99), "site_p99_ms": ms(lat["site"], 99),
-        "headend_internal_p50_ms": ms(internal, 50), "headend_internal_p99_ms": ms(internal, 99),
-        "sent_pts_s": (fleet.stats.points_sent - sent0) / wall,
-        "stored_pts_s": (await count_telemetry_async(url) - rows0) / wall,
-        "generator_late_max_s": fleet.stats.max_send_lateness_s,
-        "headend_rss_mb_before": rss0 / 1024, "headend_rss_mb_after": headend.rss_kb() / 1024,
-        "cpu": cpu_figures, "failures": failures[:20],
-    }
+    return done
 
 
 def _dispatch_line(name: str, rate: int, n: int, budget_s: float, r: dict, fleet: Fleet) -> str:
@@ -421,7 +444,8 @@ def _dispatch_line(name: str, rate: int, n: int, budget_s: float, r: dict, fleet
     return (f"   {name} ({rate:,} points/s): POST -> applied p50 {f(r['p50_ms'])} ms, p99 {f(r['p99_ms'])} ms, max "
             f"{f(r['max_ms'])} ms (asset p99 {f(r['asset_p99_ms'])}, site p99 {f(r['site_p99_ms'])}); headend-recorded "
             f"submitted->applied p50 {f(r['headend_internal_p50_ms'])} ms, p99 {f(r['headend_internal_p99_ms'])} ms; "
-            f"{r['not_applied']} of {n} not applied{stop}\n"
+            f"{r['not_applied']} of {n} not applied{stop}; headend event loop lag (GET /health each second) p50 "
+            f"{f(r['loop_lag_p50_ms'])} ms, max {f(r['loop_lag_max_ms'])} ms\n"
             f"      telemetry sent {r['sent_pts_s']:,.0f} points/s, stored {r['stored_pts_s']:,.0f}/s; headend "
             f"{r['cpu']['cpu_headend_cores']:.2f} cores, RSS {r['headend_rss_mb_before']:.0f} -> "
             f"{r['headend_rss_mb_after']:.0f} MB; generator {r['cpu']['cpu_bench_cores']:.2f} cores (at most "
