@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import time
 
+import attrs
 import pytest
 import trio
 import trio.testing
@@ -80,9 +81,10 @@ async def test_a_batch_closes_on_size_at_once_or_after_the_short_deadline(nurser
 
 
 async def test_a_writer_that_fell_behind_takes_up_to_max_batch_rows_in_one_transaction(nursery, autojump_clock):
+    @attrs.define
     class Recovering(MemoryStorage):
-        down = True
-        sizes: list[int] = []
+        down: bool = True
+        sizes: list[int] = attrs.field(factory=list)  # points per transaction written
 
         def write(self, batch: WriteBatch) -> int:
             if self.down:
