@@ -172,6 +172,11 @@ async def scenario_ingest(ctx: Ctx) -> dict:
     return out
 
 
+def _window(ctx: Ctx, ticks_per_message: int) -> int:
+    """Unacknowledged ticks per gateway for a flood of this shape."""
+    return ctx.window if ticks_per_message == 1 else MERGED_WINDOW
+
+
 def ceiling_ticks(ctx: Ctx, ticks: int) -> int:
     return ticks if ctx.quick else 40  # 400,000 rows at the default size: enough for a steady rate
 
@@ -180,9 +185,8 @@ async def ingest_once(ctx: Ctx, workdir: str, inv: str, sites: list[GenSite], ur
                       engine: str, ticks_per_message: int) -> dict:
     headend = Headend(ctx.cleanup, workdir, inv, url, name=f"headend-ingest-{engine}")
     await headend.start()
-    window = ctx.window if ticks_per_message == 1 else MERGED_WINDOW
-    fleet = Fleet(sites, "127.0.0.1", headend.grpc_port, mode="flood", ticks=ticks, window=window,
-                  ticks_per_message=ticks_per_message)
+    fleet = Fleet(sites, "127.0.0.1", headend.grpc_port, mode="flood", ticks=ticks,
+                  window=_window(ctx, ticks_per_message), ticks_per_message=ticks_per_message)
     profiler = None
     try:
         async with trio.open_nursery() as nursery:
@@ -282,9 +286,8 @@ async def sink_once(ctx: Ctx, workdir: str, sites: list[GenSite], ticks: int, us
                     ticks_per_message: int) -> dict:
     sink = Sink(ctx.cleanup, workdir, use_codec)
     await sink.start()
-    window = ctx.window if ticks_per_message == 1 else MERGED_WINDOW
-    fleet = Fleet(sites, "127.0.0.1", sink.port, mode="flood", ticks=ticks, window=window,
-                  ticks_per_message=ticks_per_message)
+    fleet = Fleet(sites, "127.0.0.1", sink.port, mode="flood", ticks=ticks,
+                  window=_window(ctx, ticks_per_message), ticks_per_message=ticks_per_message)
     try:
         async with trio.open_nursery() as nursery:
             await nursery.start(fleet.run)

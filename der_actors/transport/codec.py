@@ -97,10 +97,9 @@ def telemetry_to_pb(t: m.Telemetry, out: pb.Telemetry) -> None:
 
 
 def telemetry_from_pb(p: pb.Telemetry) -> m.Telemetry:
-    # positional and one timestamp read: this runs for every point the headend receives
-    ts = p.timestamp
+    # positional: this runs for every point the headend receives
     return m.Telemetry(
-        p.asset_id, p.site_id, p.seq, ts.seconds + ts.nanos * 1e-9, p.mw, p.mw_setpoint, p.online, p.status,
+        p.asset_id, p.site_id, p.seq, _ts_from_pb(p.timestamp), p.mw, p.mw_setpoint, p.online, p.status,
         p.fault_code, _details_from_pb(p),
     )
 
