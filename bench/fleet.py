@@ -19,7 +19,8 @@ Telemetry modes:
   An ack that never comes (the headend skips acks when a session's inbox is full) would stall a
   gateway: after `ack_stall_s` it counts a stall and carries on (stored rows are counted in the
   database anyway).
-- paced: one batch every `interval_s`, gateways spread evenly over the interval, timestamps = now
+- paced: one batch every `interval_s` (`ticks_per_message` ticks in it), gateways spread evenly
+  over the interval, timestamps = now
   (so the headend's telemetry lag is meaningful); sent right after each (re-)registration too, as a
   real agent backfills at once. `gated=True`: nobody sends until `fleet.go` is set (a scenario that
   wants every gateway registered before the load starts).
@@ -254,10 +255,11 @@ class Gateway:
             late = now - t_next
             if late > stats.max_send_lateness_s and fleet.measuring:
                 stats.max_send_lateness_s = late
-            self.seq += 1
-            await stream.send(self.encoder.encode(self.seq, time.time()))
+            k = fleet.ticks_per_message
+            await stream.send(self.encoder.encode(self.seq + 1, time.time(), k))
+            self.seq += k
             stats.batches_sent += 1
-            stats.points_sent += n_assets
+            stats.points_sent += k * n_assets
             t_next = (now + offset if offset else now + fleet.interval_s) if first else t_next + fleet.interval_s
             first = False
             if t_next < trio.current_time():  # behind schedule: skip ahead rather than burst
@@ -276,7 +278,7 @@ class Fleet:
         self.host, self.port = host, port
         self.mode, self.ticks, self.window, self.interval_s = mode, ticks, window, interval_s
         self.reconnect, self.ack_stall_s, self.seed = reconnect, ack_stall_s, seed
-        self.ticks_per_message = ticks_per_message  # flood: ticks merged into one TelemetryBatch
+        self.ticks_per_message = ticks_per_message  # ticks merged into one TelemetryBatch
         self.dial_limit = trio.CapacityLimiter(dial_concurrency) if dial_concurrency else _NoLimit()
         self.gateways = [Gateway(self, i, s) for i, s in enumerate(sites)]
         self.size = len(self.gateways)

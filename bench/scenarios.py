@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-import datetime as dt
+import json
 import math
 import os
 import random
@@ -48,7 +48,7 @@ class Ctx:
     quick: bool
     pg_url: str | None  # None: PostgreSQL skipped
     pg_skip_reason: str = ""
-    profile_dir: str | None = None  # py-spy the headend during ingest
+    profile_dir: str | None = None  # py-spy the headend during ingest and each dispatch pass
     run: int = 1
     window: int = 8  # flood, live shape: unacknowledged ticks per gateway
     flood_s: float = 40.0  # flood: time box
@@ -311,16 +311,17 @@ async def sink_once(ctx: Ctx, workdir: str, sites: list[GenSite], ticks: int, us
 # === 3. dispatch latency under load ===============================================================
 
 
-def _ts(text: str) -> float:
-    return dt.datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
-
-
 async def scenario_dispatch(ctx: Ctx) -> dict:
     n_gw, per, rate, n = (100, 10, 2_000, 200) if ctx.quick else (1000, 10, 20_000, 2000)
     budget_s = 20 if ctx.quick else 45  # a pass stops here whatever is left (reported)
-    # a light pass first (10% of the load, fewer dispatches): the dispatch path's own latency, apart
-    # from what the load does to it; skipped in --quick
-    passes = [("target", rate, n)] if ctx.quick else [("light", rate // 10, n // 4), ("target", rate, n)]
+    # Passes: (name, points/s, dispatches, ticks a message). A light pass first (10% of the load,
+    # fewer dispatches): the dispatch path's own latency, apart from what the load does to it. Then
+    # the load merged (10 ticks a message, a batch per gateway every 5 s), a shape the headend takes
+    # at ~35,000 points/s, so it is load and not overload. Then the live shape, which the headend
+    # cannot take in at this rate (overload, last: it leaves a backlog). --quick: the target only.
+    merged = dict(SHAPES)["merged"]
+    passes = [("target", rate, n, 1)] if ctx.quick else [
+        ("light", rate // 10, n // 4, 1), ("merged", rate, n, merged), ("target", rate, n, 1)]
     sites = gen_sites(n_gw, per, seed=11)
     workdir = ctx.cleanup.tempdir("dispatch")
     inv = os.path.join(workdir, "assets.yaml")
@@ -333,21 +334,24 @@ async def scenario_dispatch(ctx: Ctx) -> dict:
     headend = Headend(ctx.cleanup, workdir, inv, url, name="headend-dispatch")
     await headend.start()
     fleet = Fleet(sites, "127.0.0.1", headend.grpc_port, mode="paced", interval_s=n_gw * per / passes[0][1], gated=True)
-    rng = random.Random(5)
     results: dict = {}
     try:
         async with trio.open_nursery() as nursery:
             await nursery.start(fleet.run)
             await wait_until(lambda: fleet.n_registered == fleet.size, 120, "gateways registered")
             fleet.go.set()
-            async with httpx.AsyncClient(base_url=headend.http_url, timeout=30) as client:
-                await client.get("/health")  # the connection is open before timing starts
-                for name, pass_rate, pass_n in passes:
-                    fleet.interval_s = n_gw * per / pass_rate
-                    await trio.sleep(1 if ctx.quick else 4)  # telemetry settles into its schedule
-                    r = await _dispatch_pass(client, fleet, headend, url, sites, pass_n, budget_s, rng)
-                    results[name] = r
-                    ctx.say(_dispatch_line(name, pass_rate, pass_n, budget_s, r, fleet))
+            for i, (name, pass_rate, pass_n, ticks_per_message) in enumerate(passes):
+                fleet.interval_s = n_gw * per * ticks_per_message / pass_rate
+                fleet.ticks_per_message = ticks_per_message
+                await trio.sleep(1 if ctx.quick else 4)  # telemetry settles into its schedule
+                profiler = (profiling.start(ctx.cleanup, headend.pid, ctx.profile_dir, f"dispatch-{name}-run{ctx.run}")
+                            if ctx.profile_dir else None)
+                r = await _dispatch_pass(fleet, headend, url, sites, pass_n, budget_s, 5 + i, workdir)
+                if profiler:
+                    profiler.stop()
+                    r["profile"] = profiler.summary()
+                results[name] = r
+                ctx.say(_dispatch_line(name, pass_rate, pass_n, ticks_per_message, budget_s, r))
             fleet.stop()
     finally:
         fleet.stop()
@@ -363,90 +367,62 @@ async def scenario_dispatch(ctx: Ctx) -> dict:
         figures.update({"dispatch_light_p50_ms": light["p50_ms"], "dispatch_light_p99_ms": light["p99_ms"],
                         "dispatch_light_max_ms": light["max_ms"],
                         "dispatch_light_loop_lag_p50_ms": light["loop_lag_p50_ms"]})
+    if merged_pass := results.get("merged"):
+        figures.update({"dispatch_merged_p50_ms": merged_pass["p50_ms"], "dispatch_merged_p99_ms": merged_pass["p99_ms"],
+                        "dispatch_merged_max_ms": merged_pass["max_ms"],
+                        "dispatch_merged_failures": merged_pass["not_applied"],
+                        "dispatch_merged_stored_pts_s": merged_pass["stored_pts_s"],
+                        "dispatch_merged_loop_lag_p50_ms": merged_pass["loop_lag_p50_ms"]})
     return {"figures": figures, "gateways": n_gw, "assets": n_gw * per, "passes": results,
             "fleet": attrs.asdict(fleet.stats)}
 
 
-async def _dispatch_pass(client: httpx.AsyncClient, fleet: Fleet, headend: Headend, url: str, sites: list[GenSite],
-                         n: int, budget_s: float, rng: random.Random) -> dict:
-    lat: dict[str, list[float]] = {"asset": [], "site": []}
-    internal: list[float] = []
-    failures: list[str] = []
+async def _dispatch_pass(fleet: Fleet, headend: Headend, url: str, sites: list[GenSite], n: int, budget_s: float,
+                         seed: int, workdir: str) -> dict:
+    """One pass: `bench.dispatch_client` in its own process times the dispatches (see why there)."""
     fleet.measuring = True
     fleet.stats.max_send_lateness_s = 0.0
     sent0 = fleet.stats.points_sent
     rows0 = await count_telemetry_async(url)
     rss0 = headend.rss_kb()
+    spec = os.path.join(workdir, f"dispatch-client-{seed}.json")
+    with open(spec, "w") as f:
+        json.dump({"url": headend.http_url, "targets": [[s.id, s.asset_ids] for s in sites], "n": n,
+                   "budget_s": budget_s, "seed": seed}, f)
     cpu = CpuWindow({"headend": headend.pid})
-    deadline = time.perf_counter() + budget_s
-    lags: list[float] = []
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(_sample_loop_lag, client, lags)
-        done = await _dispatches(client, sites, n, deadline, rng, lat, internal, failures)
-        nursery.cancel_scope.cancel()
+    proc = await trio.run_process([sys.executable, "-m", "bench.dispatch_client", spec], cwd=ROOT,
+                                  capture_stdout=True)
     cpu_figures = cpu.stop()
+    c = json.loads(proc.stdout)
     wall = cpu_figures["wall_s"]
+    lat, internal, lags = c["lat"], c["internal"], c["lags"]
     both = lat["asset"] + lat["site"]
     ms = lambda xs, q: pct(xs, q) * 1000 if xs else None  # noqa: E731
     return {
-        "dispatches": done, "applied": len(both), "not_applied": len(failures) + (n - done), "budget_hit": done < n,
+        "dispatches": c["done"], "applied": len(both), "not_applied": len(c["failures"]) + (n - c["done"]),
+        "budget_hit": c["done"] < n,
         "p50_ms": ms(both, 50), "p99_ms": ms(both, 99), "max_ms": max(both) * 1000 if both else None,
         "asset_p99_ms": ms(lat["asset"], 99), "site_p99_ms": ms(lat["site"], 99),
-        "headend_internal_p50_ms": ms(internal, 50), "headend_internal_p99_ms": ms(internal, 99),
+        "headend_internal_p50_ms": ms(internal["total"], 50), "headend_internal_p99_ms": ms(internal["total"], 99),
+        "headend_to_sent_p99_ms": ms(internal["to_sent"], 99),
+        "headend_sent_to_applied_p99_ms": ms(internal["sent_to_applied"], 99),
+        "slowest": c["slowest"],
         "sent_pts_s": (fleet.stats.points_sent - sent0) / wall,
         "stored_pts_s": (await count_telemetry_async(url) - rows0) / wall,
         "generator_late_max_s": fleet.stats.max_send_lateness_s,
         "loop_lag_p50_ms": ms(lags, 50), "loop_lag_max_ms": max(lags) * 1000 if lags else None,
         "headend_rss_mb_before": rss0 / 1024, "headend_rss_mb_after": headend.rss_kb() / 1024,
-        "cpu": cpu_figures, "failures": failures[:20],
+        "cpu": cpu_figures, "failures": c["failures"][:20],
     }
 
 
-async def _sample_loop_lag(client: httpx.AsyncClient, lags: list[float]) -> None:
-    """The headend's own view of its load, once a second: how late its event loop last woke."""
-    while True:
-        try:
-            lags.append((await client.get("/health")).json()["event_loop_lag_ms"]["last"] / 1000)
-        except (httpx.HTTPError, ValueError, KeyError):
-            pass
-        await trio.sleep(1)
-
-
-async def _dispatches(client: httpx.AsyncClient, sites: list[GenSite], n: int, deadline: float, rng: random.Random,
-                      lat: dict[str, list[float]], internal: list[float], failures: list[str]) -> int:
-    """Dispatches one after another until `n` or the deadline; returns how many were tried."""
-    done = 0
-    for i in range(n):
-        if time.perf_counter() > deadline:
-            break
-        done += 1
-        site = rng.choice(sites)
-        mw = round(rng.uniform(-3, 3), 3)
-        kind = "asset" if i % 2 == 0 else "site"
-        body = {"asset_id": rng.choice(site.asset_ids), "mw": mw} if kind == "asset" else {"site_id": site.id, "mw": mw}
-        t0 = time.perf_counter()
-        try:
-            resp = await client.post("/dispatch", params={"wait": "applied", "timeout_s": "5"}, json=body)
-            doc = resp.json()
-        except (httpx.HTTPError, ValueError) as exc:
-            failures.append(f"{kind}: {exc!r}")
-            continue
-        elapsed = time.perf_counter() - t0
-        if resp.status_code != 200 or doc.get("state") != "applied":
-            failures.append(f"{kind}: HTTP {resp.status_code} state {doc.get('state')} {doc.get('message') or doc.get('error')}")
-            continue
-        lat[kind].append(elapsed)
-        at = {h["state"]: _ts(h["at"]) for h in doc["history"]}
-        internal.append(at["applied"] - at["submitted"])
-    return done
-
-
-def _dispatch_line(name: str, rate: int, n: int, budget_s: float, r: dict, fleet: Fleet) -> str:
+def _dispatch_line(name: str, rate: int, n: int, ticks_per_message: int, budget_s: float, r: dict) -> str:
     f = lambda v: f"{v:.1f}" if v is not None else "-"  # noqa: E731
     stop = f"; stopped after {r['dispatches']} dispatches ({budget_s:g} s budget)" if r["budget_hit"] else ""
-    return (f"   {name} ({rate:,} points/s): POST -> applied p50 {f(r['p50_ms'])} ms, p99 {f(r['p99_ms'])} ms, max "
+    return (f"   {name} ({rate:,} points/s, {ticks_per_message} tick{'s' * (ticks_per_message > 1)} a message): POST -> applied p50 {f(r['p50_ms'])} ms, p99 {f(r['p99_ms'])} ms, max "
             f"{f(r['max_ms'])} ms (asset p99 {f(r['asset_p99_ms'])}, site p99 {f(r['site_p99_ms'])}); headend-recorded "
-            f"submitted->applied p50 {f(r['headend_internal_p50_ms'])} ms, p99 {f(r['headend_internal_p99_ms'])} ms; "
+            f"submitted->applied p50 {f(r['headend_internal_p50_ms'])} ms, p99 {f(r['headend_internal_p99_ms'])} ms "
+            f"(->sent p99 {f(r['headend_to_sent_p99_ms'])}, sent->applied p99 {f(r['headend_sent_to_applied_p99_ms'])}); "
             f"{r['not_applied']} of {n} not applied{stop}; headend event loop lag (GET /health each second) p50 "
             f"{f(r['loop_lag_p50_ms'])} ms, max {f(r['loop_lag_max_ms'])} ms\n"
             f"      telemetry sent {r['sent_pts_s']:,.0f} points/s, stored {r['stored_pts_s']:,.0f}/s; headend "
