@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Container
 
 import attrs
 
@@ -87,7 +87,7 @@ def plan_dispatch(
     req: DispatchRequest,
     inventory: Inventory,
     owners: dict[str, str],
-    gateways: set[str],
+    gateways: Container[str],
     now: float,
     new_id: Callable[[], str] = new_uuid,
     *,
@@ -96,6 +96,7 @@ def plan_dispatch(
     expires_at: float | None = None,
 ) -> Plan:
     """Decide what to send where, now. Raises `Refused` when no part of the target is connected.
+    `owners`: asset -> the session serving it; `gateways`: the sessions that serve a whole site.
 
     A pending dispatch is planned again at delivery with its own id and lifecycle."""
     dispatch_id = dispatch_id or new_id()

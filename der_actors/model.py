@@ -43,10 +43,16 @@ class Inventory:
     assets: tuple[Asset, ...]
     _sites_by_id: dict[str, Site] = attrs.field(init=False, repr=False, eq=False)
     _assets_by_id: dict[str, Asset] = attrs.field(init=False, repr=False, eq=False)
+    _assets_by_site: dict[str, tuple[Asset, ...]] = attrs.field(init=False, repr=False, eq=False)
 
     def __attrs_post_init__(self) -> None:
         object.__setattr__(self, "_sites_by_id", {s.id: s for s in self.sites})
         object.__setattr__(self, "_assets_by_id", {a.id: a for a in self.assets})
+        by_site: dict[str, list[Asset]] = {}
+        for a in self.assets:
+            by_site.setdefault(a.site_id, []).append(a)
+        # every site dispatch asks this: a scan of 10,000 assets was ~0.4 ms of each (bench profile)
+        object.__setattr__(self, "_assets_by_site", {k: tuple(v) for k, v in by_site.items()})
 
     def site(self, site_id: str) -> Site | None:
         return self._sites_by_id.get(site_id)
@@ -55,4 +61,5 @@ class Inventory:
         return self._assets_by_id.get(asset_id)
 
     def assets_of(self, site_id: str) -> tuple[Asset, ...]:
-        return tuple(a for a in self.assets if a.site_id == site_id)
+        """The site's assets in file order (empty for an unknown site)."""
+        return self._assets_by_site.get(site_id, ())

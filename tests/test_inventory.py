@@ -74,6 +74,11 @@ def test_shipped_assets_yaml_loads() -> None:
     for a in inv.assets:
         assert a.min_mw <= 0 <= a.max_mw
         assert inv.asset(a.id) is a and inv.site(a.site_id) is not None
+    # a site's assets: in file order, each in exactly one site; an unknown site has none
+    for s in inv.sites:
+        assert inv.assets_of(s.id) == tuple(a for a in inv.assets if a.site_id == s.id)
+    assert sum(len(inv.assets_of(s.id)) for s in inv.sites) == len(inv.assets)
+    assert inv.assets_of("no-such-site") == ()
 
 
 # ---------------------------------------------------------------------------- valid input

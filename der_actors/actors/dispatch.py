@@ -14,6 +14,8 @@ nursery), `route_ack` hands an agent's ack to the actor waiting for it, `view` r
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 import attrs
 import structlog
@@ -35,6 +37,9 @@ from der_actors.dispatching import (
 from der_actors.lifecycle import DispatchState
 from der_actors.messages import SetpointAck
 from der_actors.views import DispatchView
+
+if TYPE_CHECKING:
+    from der_actors.actors.session import SessionHandle
 
 log = structlog.get_logger("der.dispatch")
 
@@ -58,6 +63,19 @@ class _Delivered:
 @attrs.frozen
 class _Superseded:
     by: str
+
+
+@attrs.frozen
+class _GatewaySessions:
+    """`session_id in this`: a live session that serves a whole site. Asked of the one or two
+    sessions a plan involves; building the set of all of them was ~0.5 ms of each dispatch with
+    1,000 sessions (bench profile)."""
+
+    sessions: Mapping[str, SessionHandle]
+
+    def __contains__(self, session_id: object) -> bool:
+        session = self.sessions.get(session_id)  # type: ignore[call-overload]
+        return session is not None and session.is_gateway
 
 
 class DispatchBook:
@@ -101,8 +119,8 @@ class DispatchBook:
             except trio.EndOfChannel:
                 raise RuntimeError(f"dispatch {view.dispatch_id} failed to start (see the log)") from None
 
-    def _gateways(self) -> set[str]:
-        return {sid for sid, s in self.ctx.directory.sessions.items() if s.is_gateway}
+    def _gateways(self) -> _GatewaySessions:
+        return _GatewaySessions(self.ctx.directory.sessions)
 
     def _supersede(self, key: str, by: str) -> None:
         for dispatch_id, (other_key, inbox) in list(self._pending.items()):
