@@ -102,6 +102,27 @@ async def test_a_writer_that_fell_behind_takes_up_to_max_batch_rows_in_one_trans
     assert storage.sizes == [25, 25, 10] and store.counters.stored_points == 60
 
 
+async def test_listeners_get_a_big_commit_in_slices_and_other_tasks_run_between_them(nursery, autojump_clock):
+    events: list[object] = []
+    store = StoreActor(MemoryStorage(), batch_rows=12, settle_slice=5)
+    store.stored_listeners.append(lambda points: events.append([p.point.seq for p in points]))
+    await nursery.start(store.run)
+
+    async def another_actor() -> None:
+        for _ in range(20):  # more turns than the writer yields before its last slice
+            events.append("other")
+            await trio.lowlevel.checkpoint()
+
+    store.record_points([pt(BESS1, s) for s in range(1, 13)])  # a full batch: written at once
+    nursery.start_soon(another_actor)
+    await trio.testing.wait_all_tasks_blocked()
+    slices = [e for e in events if e != "other"]
+    assert slices == [[1, 2, 3, 4, 5], [6, 7, 8, 9, 10], [11, 12]]
+    first, last = events.index(slices[0]), events.index(slices[-1])
+    assert "other" in events[first:last]  # the loop ran between the slices
+    assert store.counters.stored_points == 12 and trio.current_time() == 0
+
+
 # --- drop policy and accounting on a real engine ---------------------------------------------
 
 

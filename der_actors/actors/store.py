@@ -84,8 +84,11 @@ class StoreActor:
     now: Callable[[], float] = time.time  # wall clock for the retention cutoff
     # Called (on the trio thread) with the points of each committed batch, replays included, and with
     # points the database refused: the hook that tells agents what they may unspool. Dropped points
-    # are not passed (the agent resends them).
+    # are not passed (the agent resends them). A batch comes in slices of `settle_slice` points with
+    # a scheduling point between: a 50,000-point group commit took ~60 ms of the trio thread in one
+    # go (the ack ranges), a stall that every dispatch and read behind it waited out (bench profile).
     stored_listeners: list[Callable[[list[StoredPoint]], None]] = attrs.field(factory=list)
+    settle_slice: int = 5_000
     counters: StoreCounters = attrs.field(factory=StoreCounters)
     last_error: str = ""  # non-empty while writes are failing
     _points: deque[StoredPoint] = attrs.field(factory=deque)
@@ -242,7 +245,7 @@ class StoreActor:
                 if len(batch) > 1:
                     self._in_flight[0:0] = [b for b in batch.halves() if len(b)]
                 else:
-                    self._reject(batch, exc)
+                    await self._reject(batch, exc)
                 continue
             self._in_flight.pop(0)
             c = self.counters
@@ -250,26 +253,28 @@ class StoreActor:
             c.duplicate_points += len(batch.points) - (new if isinstance(new, int) else len(batch.points))
             c.stored_records += batch.records
             c.batches += 1
-            self._settled(batch.points)
+            await self._settled(batch.points)
 
-    def _settled(self, points: list[StoredPoint]) -> None:
+    async def _settled(self, points: list[StoredPoint]) -> None:
         """Tell the listeners these points need no resending: stored, or refused for their content
         (a replay would be refused again and keep an agent's spool from ever draining)."""
-        if not points:
-            return
-        for listener in self.stored_listeners:
-            try:
-                listener(points)
-            except Exception:  # a listener's bug must not stop history
-                log.exception("store_listener_failed", listener=repr(listener))
+        for start in range(0, len(points), self.settle_slice):
+            if start:
+                await trio.lowlevel.checkpoint()
+            part = points[start:start + self.settle_slice]
+            for listener in self.stored_listeners:
+                try:
+                    listener(part)
+                except Exception:  # a listener's bug must not stop history
+                    log.exception("store_listener_failed", listener=repr(listener))
 
-    def _reject(self, batch: WriteBatch, exc: Exception) -> None:
-        self._settled(batch.points)
-        self.counters.rejected_points += len(batch.points)
+    async def _reject(self, batch: WriteBatch, exc: Exception) -> None:
+        self.counters.rejected_points += len(batch.points)  # counted before any await: exact if cancelled
         self.counters.rejected_records += batch.records
         row = batch.points or batch.dispatches or batch.sessions or batch.heartbeats
         log.error("store_row_rejected", row=repr(row[0])[:500], error=repr(exc)[:500],
                   consequence="this row is not stored; the rest of its batch is")
+        await self._settled(batch.points)
 
     async def _gather(self) -> None:
         """Return when a batch is due: `batch_rows` points waiting, or `batch_delay_s` after the first
