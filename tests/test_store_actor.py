@@ -115,7 +115,7 @@ async def test_listeners_get_a_big_commit_in_slices_and_other_tasks_run_between_
 
     store.record_points([pt(BESS1, s) for s in range(1, 13)])  # a full batch: written at once
     nursery.start_soon(another_actor)
-    await trio.testing.wait_all_tasks_blocked()
+    await store.flushed()  # written, and every listener told
     slices = [e for e in events if e != "other"]
     assert slices == [[1, 2, 3, 4, 5], [6, 7, 8, 9, 10], [11, 12]]
     first, last = events.index(slices[0]), events.index(slices[-1])
