@@ -38,7 +38,6 @@ Policy (the decision the issue asks for, tested in tests/test_store_actor.py):
 from __future__ import annotations
 
 import functools
-import math
 import time
 from collections import deque
 from collections.abc import Callable
@@ -52,6 +51,11 @@ from der_actors.storage.base import HeartbeatRow, Storage, StorageUnavailable, S
 from der_actors.views import DispatchView, SessionSummary
 
 log = structlog.get_logger("der.store")
+
+# Committed batches waiting for the settler. It takes a point in ~1 us, far faster than the database
+# writes one, so this fills only when the loop is starved; then the writer waits: acks are what let
+# agents unspool, and history should not run further ahead of them than this many commits.
+SETTLE_BACKLOG = 8
 T = TypeVar("T")
 
 
@@ -203,9 +207,7 @@ class StoreActor:
     # --- the actor -----------------------------------------------------------------------------
 
     async def run(self, *, task_status: trio.TaskStatus[StoreActor] = trio.TASK_STATUS_IGNORED) -> None:
-        # unbounded: what waits here is what the writer committed, and the settler takes it far
-        # faster (~1 us a point on the trio thread) than the database writes it
-        settle_send, settle_recv = trio.open_memory_channel[list[StoredPoint]](math.inf)
+        settle_send, settle_recv = trio.open_memory_channel[list[StoredPoint]](SETTLE_BACKLOG)
         self._settle = settle_send
         async with settle_send, settle_recv, trio.open_nursery() as nursery:
             nursery.start_soon(self._settler, settle_recv)
@@ -256,7 +258,7 @@ class StoreActor:
                 if len(batch) > 1:
                     self._in_flight[0:0] = [b for b in batch.halves() if len(b)]
                 else:
-                    self._reject(batch, exc)
+                    await self._reject(batch, exc)
                 continue
             self._in_flight.pop(0)
             c = self.counters
@@ -264,14 +266,14 @@ class StoreActor:
             c.duplicate_points += len(batch.points) - (new if isinstance(new, int) else len(batch.points))
             c.stored_records += batch.records
             c.batches += 1
-            self._settled(batch.points)
+            await self._settled(batch.points)
 
-    def _settled(self, points: list[StoredPoint]) -> None:
+    async def _settled(self, points: list[StoredPoint]) -> None:
         """These points need no resending: stored, or refused for their content (a replay would be
         refused again and keep an agent's spool from ever draining). The settler tells the listeners."""
         if points and self._settle is not None:
             self._unsettled += 1
-            self._settle.send_nowait(points)
+            await self._settle.send(points)
 
     async def _settler(self, committed: trio.MemoryReceiveChannel[list[StoredPoint]]) -> None:
         async for points in committed:
@@ -288,13 +290,13 @@ class StoreActor:
             if not self._unsettled:
                 self._idle.set()
 
-    def _reject(self, batch: WriteBatch, exc: Exception) -> None:
-        self._settled(batch.points)
-        self.counters.rejected_points += len(batch.points)
+    async def _reject(self, batch: WriteBatch, exc: Exception) -> None:
+        self.counters.rejected_points += len(batch.points)  # counted before the await: exact if cancelled
         self.counters.rejected_records += batch.records
         row = batch.points or batch.dispatches or batch.sessions or batch.heartbeats
         log.error("store_row_rejected", row=repr(row[0])[:500], error=repr(exc)[:500],
                   consequence="this row is not stored; the rest of its batch is")
+        await self._settled(batch.points)
 
     async def _gather(self) -> None:
         """Return when a batch is due: `batch_rows` points waiting, or `batch_delay_s` after the first
