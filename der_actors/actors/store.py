@@ -56,6 +56,7 @@ log = structlog.get_logger("der.store")
 # writes one, so this fills only when the loop is starved; then the writer waits: acks are what let
 # agents unspool, and history should not run further ahead of them than this many commits.
 SETTLE_BACKLOG = 8
+
 T = TypeVar("T")
 
 
