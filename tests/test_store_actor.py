@@ -44,10 +44,14 @@ QUIET = HeadendConfig(heartbeat_timeout_s=1e9, heartbeat_interval_s=1e9, dispatc
 
 
 async def eventually(predicate, real_s: float = 20.0) -> None:
-    """Wait for `predicate()`, bounded in real time (the virtual clock may jump during thread calls)."""
+    """Wait for `predicate()`, bounded in real time (the virtual clock may jump during thread calls).
+    Between polls the trio thread also sleeps 1 ms of real time: a store write in a worker thread
+    needs the GIL back after each SQLite call, and against a poll that never blocks it got it once
+    per switch interval, so writing 40 dispatches sometimes outlasted the bound (1 run in 10)."""
     deadline = time.monotonic() + real_s
     while not predicate():
         assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.001)  # the GIL to the worker (not a wait for anything: no timing depends on it)
         await trio.sleep(0.01)
 
 
