@@ -84,7 +84,7 @@ class Progress:
     def on_stored(self, high: dict[str, int], points) -> None:
         now = trio.current_time()
         self.first_at = self.first_at or now
-        self.seen.update((p.point.asset_id, p.point.seq) for p in points if p.point.seq <= high.get(p.point.asset_id, 0))
+        self.seen.update((p[0], p[1]) for p in points if p[1] <= high.get(p[0], 0))  # PointRow: (asset_id, seq, ...)
         if len(self.seen) >= self.expected and self.done_at is None:
             self.done_at = now
             self.done.set()

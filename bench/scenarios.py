@@ -243,14 +243,15 @@ def ceiling(url: str, inv_path: str, sites: list[GenSite], ticks: int) -> dict:
     from der_actors.inventory import load_inventory
     from der_actors.messages import BessDetails, Telemetry
     from der_actors.storage import open_storage
-    from der_actors.storage.base import StoredPoint, WriteBatch
+    from der_actors.storage.base import PointRow, WriteBatch
+    from der_actors.storage.rows import point_row
 
     storage = open_storage(url)
     try:
         storage.save_inventory(load_inventory(inv_path))
         rng = random.Random(3)
         base = time.time()
-        pending: list[StoredPoint] = []
+        pending: list[PointRow] = []
         spent = 0.0
         batches = 0
         rows = 0
@@ -271,7 +272,7 @@ def ceiling(url: str, inv_path: str, sites: list[GenSite], ticks: int) -> dict:
                 for a in site.asset_ids:
                     p = Telemetry(a, site.id, seq, ts, round(rng.uniform(-2, 2), 3), 0.0, True, "", "",
                                   BessDetails(round(rng.uniform(5, 95), 1), 2.0))
-                    pending.append(StoredPoint(p, ts + 0.05))
+                    pending.append(point_row(p, ts + 0.05))
                     if len(pending) == BATCH_ROWS:
                         flush()
         if pending:

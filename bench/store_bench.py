@@ -40,7 +40,8 @@ from der_actors.actors.headend import run_headend
 from der_actors.clock import WallClock
 from der_actors.messages import AssetInfo, BessDetails, Register, RegisterAck, Telemetry, TelemetryBatch
 from der_actors.model import Asset, AssetType, Inventory, Site
-from der_actors.storage.base import Storage, StoredPoint, WriteBatch
+from der_actors.storage.base import Storage, WriteBatch
+from der_actors.storage.rows import point_row
 from der_actors.storage.postgres import PostgresStorage
 from der_actors.storage.sqlite import SqliteStorage
 from der_actors.transport.link import MemoryNetwork
@@ -153,7 +154,7 @@ async def ingest(storage: Storage, n_assets: int, ticks: int, batch_rows: int) -
 def ceiling(storage: Storage, n_assets: int, ticks: int, batch_rows: int) -> dict:
     inv = inventory(1, n_assets)
     storage.save_inventory(inv)
-    points = [StoredPoint(p, p.timestamp + 0.1) for seq in range(1, ticks + 1) for p in tick_batch(inv.assets, seq).points]
+    points = [point_row(p, p.timestamp + 0.1) for seq in range(1, ticks + 1) for p in tick_batch(inv.assets, seq).points]
     t0 = time.perf_counter()
     for i in range(0, len(points), batch_rows):
         storage.write(WriteBatch(points=points[i:i + batch_rows]))

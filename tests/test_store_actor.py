@@ -27,9 +27,10 @@ from der_actors.lifecycle import DispatchState, Lifecycle
 from der_actors.messages import (
     AckState, AssetInfo, Heartbeat, Register, RegisterAck, Setpoint, SetpointAck, Telemetry, TelemetryAck, TelemetryBatch,
 )
-from der_actors.storage.base import StorageUnavailable, StoredPoint, WriteBatch
+from der_actors.storage.base import PointRow, StorageUnavailable, WriteBatch
 from der_actors.storage.memory import MemoryStorage
 from der_actors.storage.postgres import PostgresStorage
+from der_actors.storage.rows import point_row
 from der_actors.storage.sqlite import SqliteStorage
 from der_actors.transport.link import MemoryNetwork
 from der_actors.views import DispatchView
@@ -55,8 +56,8 @@ async def eventually(predicate, real_s: float = 20.0) -> None:
         await trio.sleep(0.01)
 
 
-def pt(asset_id: str, seq: int) -> StoredPoint:
-    return StoredPoint(Telemetry(asset_id, HARBOUR, seq, EPOCH + 4 * seq, 0.5, 0.0), EPOCH + 4 * seq + 0.1)
+def pt(asset_id: str, seq: int) -> PointRow:
+    return point_row(Telemetry(asset_id, HARBOUR, seq, EPOCH + 4 * seq, 0.5, 0.0), EPOCH + 4 * seq + 0.1)
 
 
 def dview(dispatch_id: str) -> DispatchView:
@@ -109,7 +110,7 @@ async def test_a_writer_that_fell_behind_takes_up_to_max_batch_rows_in_one_trans
 async def test_listeners_get_a_big_commit_in_slices_and_other_tasks_run_between_them(nursery, autojump_clock):
     events: list[object] = []
     store = StoreActor(MemoryStorage(), batch_rows=12, settle_slice=5)
-    store.stored_listeners.append(lambda points: events.append([p.point.seq for p in points]))
+    store.stored_listeners.append(lambda points: events.append([p[1] for p in points]))
     await nursery.start(store.run)
 
     async def another_actor() -> None:
@@ -157,8 +158,8 @@ async def test_a_row_the_database_refuses_is_rejected_alone_and_the_rest_is_writ
     storage = engine.open()
     store = await nursery.start(StoreActor(storage, batch_rows=100).run)
     good = [pt(BESS1, s) for s in range(1, 21)]
-    nan = StoredPoint(Telemetry(BESS1, HARBOUR, 100, EPOCH, float("nan"), 0.0), EPOCH)  # SQLite: NULL
-    nul = StoredPoint(Telemetry(BESS1, HARBOUR, 101, EPOCH, 0.0, 0.0, status="x\x00"), EPOCH)  # PostgreSQL: no NUL
+    nan = point_row(Telemetry(BESS1, HARBOUR, 100, EPOCH, float("nan"), 0.0), EPOCH)  # SQLite: NULL
+    nul = point_row(Telemetry(BESS1, HARBOUR, 101, EPOCH, 0.0, 0.0, status="x\x00"), EPOCH)  # PostgreSQL: no NUL
     store.record_points(good[:7] + [nan] + good[7:15] + [nul] + good[15:])
     store.record_dispatch(dview("d-1"))
     await eventually(lambda: store.buffered_points == 0 and store.buffered_records == 0)
@@ -319,7 +320,7 @@ async def test_retention_prunes_old_telemetry_in_small_batches(nursery, autojump
     # a point a day per asset for 10 days; at day 9 + 60 s a 7-day retention removes days 0, 1 and 2
     day = 86_400
     storage.write(WriteBatch(points=[
-        StoredPoint(Telemetry(a, HARBOUR, d, EPOCH + d * day, 0.0, 0.0), EPOCH + d * day) for a in (BESS1, BESS2) for d in range(10)
+        point_row(Telemetry(a, HARBOUR, d, EPOCH + d * day, 0.0, 0.0), EPOCH + d * day) for a in (BESS1, BESS2) for d in range(10)
     ]))
     store = StoreActor(storage, retention_s=7 * day, prune_first_s=60, prune_every_s=3600, prune_rows=2,
                        now=lambda: EPOCH + 9 * day + trio.current_time())

@@ -33,7 +33,8 @@ from der_actors.messages import (
     TelemetryBatch,
 )
 from der_actors.registration import review_register
-from der_actors.storage.base import HeartbeatRow, StoredPoint
+from der_actors.storage.base import HeartbeatRow, PointRow
+from der_actors.storage.rows import point_row
 from der_actors.transport.link import AgentConnection
 from der_actors.views import SessionSummary
 
@@ -253,7 +254,7 @@ class Session:
         owners = self.ctx.directory.owners
         assets = self.ctx.assets
         session_id = self.handle.session_id
-        stored: list[StoredPoint] = []
+        stored: list[PointRow] = []
         for p in points:
             if not (math.isfinite(p.mw) and math.isfinite(p.mw_setpoint)):
                 self._reject_point(p, "mw and mw_setpoint must be finite numbers")
@@ -264,7 +265,7 @@ class Session:
                 self._ignore_point(p)
                 continue
             assets[p.asset_id].offer_telemetry(p, now)
-            stored.append(StoredPoint(p, now))
+            stored.append(point_row(p, now))
         self.handle.points += len(stored)
         if stored:
             self.ctx.store.record_points(stored)

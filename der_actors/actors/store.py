@@ -47,7 +47,7 @@ import attrs
 import structlog
 import trio
 
-from der_actors.storage.base import HeartbeatRow, Storage, StorageUnavailable, StoredPoint, WriteBatch
+from der_actors.storage.base import HeartbeatRow, PointRow, Storage, StorageUnavailable, WriteBatch
 from der_actors.views import DispatchView, SessionSummary
 
 log = structlog.get_logger("der.store")
@@ -95,23 +95,23 @@ class StoreActor:
     # ms of the trio thread in one go (the ack ranges), a stall every dispatch and read behind it
     # waited out (bench profile); and under overload each scheduling point waits a whole round of
     # the loop, which would hold the writer back from its next batch (measured: stored 10k -> 6k/s).
-    stored_listeners: list[Callable[[list[StoredPoint]], None]] = attrs.field(factory=list)
+    stored_listeners: list[Callable[[list[PointRow]], None]] = attrs.field(factory=list)
     settle_slice: int = 5_000
     counters: StoreCounters = attrs.field(factory=StoreCounters)
     last_error: str = ""  # non-empty while writes are failing
-    _points: deque[StoredPoint] = attrs.field(factory=deque)
+    _points: deque[PointRow] = attrs.field(factory=deque)
     _records: WriteBatch = attrs.field(factory=WriteBatch)  # never dropped
     _in_flight: list[WriteBatch] = attrs.field(factory=list)  # taken, not yet written (or halves of it)
     _first_at: float = 0.0
     _wakeup: trio.Event = attrs.field(factory=trio.Event)
     _idle: trio.Event = attrs.field(factory=trio.Event)
     _write_lock: trio.Lock = attrs.field(factory=trio.Lock)  # the writer and the pruner take turns
-    _settle: trio.MemorySendChannel[list[StoredPoint]] | None = None  # writer -> settler (set by run)
+    _settle: trio.MemorySendChannel[list[PointRow]] | None = None  # writer -> settler (set by run)
     _unsettled: int = 0  # point lists sent to the settler and not yet passed to the listeners
 
     # --- intake (called from other actors; never waits) ---------------------------------------
 
-    def record_points(self, points: list[StoredPoint]) -> None:
+    def record_points(self, points: list[PointRow]) -> None:
         self._arriving()
         self.counters.received_points += len(points)
         self._points.extend(points)
@@ -208,7 +208,7 @@ class StoreActor:
     # --- the actor -----------------------------------------------------------------------------
 
     async def run(self, *, task_status: trio.TaskStatus[StoreActor] = trio.TASK_STATUS_IGNORED) -> None:
-        settle_send, settle_recv = trio.open_memory_channel[list[StoredPoint]](SETTLE_BACKLOG)
+        settle_send, settle_recv = trio.open_memory_channel[list[PointRow]](SETTLE_BACKLOG)
         self._settle = settle_send
         async with settle_send, settle_recv, trio.open_nursery() as nursery:
             nursery.start_soon(self._settler, settle_recv)
@@ -269,14 +269,14 @@ class StoreActor:
             c.batches += 1
             await self._settled(batch.points)
 
-    async def _settled(self, points: list[StoredPoint]) -> None:
+    async def _settled(self, points: list[PointRow]) -> None:
         """These points need no resending: stored, or refused for their content (a replay would be
         refused again and keep an agent's spool from ever draining). The settler tells the listeners."""
         if points and self._settle is not None:
             self._unsettled += 1
             await self._settle.send(points)
 
-    async def _settler(self, committed: trio.MemoryReceiveChannel[list[StoredPoint]]) -> None:
+    async def _settler(self, committed: trio.MemoryReceiveChannel[list[PointRow]]) -> None:
         async for points in committed:
             for start in range(0, len(points), self.settle_slice):
                 if start:

@@ -7,7 +7,8 @@ from collections import OrderedDict, deque
 import attrs
 
 from der_actors.model import Inventory
-from der_actors.storage.base import HeartbeatRow, StoredPoint, WriteBatch, dispatch_asset_ids
+from der_actors.storage.base import HeartbeatRow, PointRow, WriteBatch, dispatch_asset_ids
+from der_actors.storage.rows import stored_point_of
 from der_actors.views import DispatchView, SessionSummary
 
 
@@ -17,7 +18,7 @@ class MemoryStorage:
     max_records: int = 10_000  # dispatches, sessions and heartbeats each
     blocking: bool = False
     # asset_id -> seq -> point, oldest first; keyed by seq so a replayed point is stored once
-    _points: dict[str, OrderedDict[int, StoredPoint]] = attrs.field(factory=dict)
+    _points: dict[str, OrderedDict[int, PointRow]] = attrs.field(factory=dict)
     _dispatches: OrderedDict[str, DispatchView] = attrs.field(factory=OrderedDict)
     _sessions: OrderedDict[str, SessionSummary] = attrs.field(factory=OrderedDict)
     _heartbeats: deque[HeartbeatRow] = attrs.field(init=False)
@@ -28,11 +29,12 @@ class MemoryStorage:
 
     def write(self, batch: WriteBatch) -> int:
         new = 0
-        for sp in batch.points:
-            series = self._points.setdefault(sp.point.asset_id, OrderedDict())
-            if sp.point.seq in series:
+        for row in batch.points:
+            asset_id, seq = row[0], row[1]
+            series = self._points.setdefault(asset_id, OrderedDict())
+            if seq in series:
                 continue
-            series[sp.point.seq] = sp
+            series[seq] = row
             new += 1
             if len(series) > self.points_per_asset:
                 series.popitem(last=False)
@@ -59,7 +61,7 @@ class MemoryStorage:
     def prune(self, before: float, max_rows: int) -> int:
         gone = 0
         for series in self._points.values():
-            for seq in [seq for seq, sp in series.items() if sp.point.timestamp < before][: max_rows - gone]:
+            for seq in [seq for seq, row in series.items() if row[2] < before][: max_rows - gone]:  # row[2]: ts
                 del series[seq]
                 gone += 1
         while gone < max_rows and self._heartbeats and self._heartbeats[0].received_at < before:
@@ -68,14 +70,14 @@ class MemoryStorage:
         return gone
 
     def telemetry_history(self, asset_id, since, until, limit):
-        rows = sorted(self._points.get(asset_id, {}).values(), key=lambda r: (r.point.timestamp, r.point.seq))
+        rows = sorted(self._points.get(asset_id, {}).values(), key=lambda r: (r[2], r[1]))  # (ts, seq)
         out = []
         for r in reversed(rows):
-            if until is not None and r.point.timestamp > until:
+            if until is not None and r[2] > until:
                 continue
-            if since is not None and r.point.timestamp < since:
+            if since is not None and r[2] < since:
                 break
-            out.append(r)
+            out.append(stored_point_of(r))
             if len(out) >= limit:
                 break
         return out

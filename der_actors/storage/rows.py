@@ -17,7 +17,7 @@ import attrs
 import cattrs
 
 from der_actors.messages import BessDetails, Details, EvDetails, PvDetails, Telemetry, WindDetails
-from der_actors.storage.base import HeartbeatRow, StoredPoint
+from der_actors.storage.base import HeartbeatRow, PointRow, StoredPoint
 from der_actors.views import DispatchView, SessionSummary
 
 _DETAIL_KINDS: dict[str, type] = {"bess": BessDetails, "pv": PvDetails, "wind": WindDetails, "ev": EvDetails}
@@ -77,18 +77,30 @@ TELEMETRY_COLUMNS = (
 TELEMETRY_READ = "site_id, seq, ts, received_at, mw, mw_setpoint, online, status, fault_code, details"
 
 
-def telemetry_row(asset_key: int, sp: StoredPoint) -> tuple:
-    p = sp.point
+def point_row(p: Telemetry, received_at: float) -> PointRow:
+    """What the store buffers for a point (see `PointRow`); its details become JSON here, once."""
     return (
-        asset_key, p.seq, p.timestamp, sp.received_at, p.site_id, p.mw, p.mw_setpoint, bool(p.online),
-        p.status, p.fault_code, details_json(p.details),
+        p.asset_id, p.seq, p.timestamp, received_at, p.site_id, p.mw, p.mw_setpoint, bool(p.online), p.status,
+        p.fault_code, details_json(p.details),
     )
 
 
+def telemetry_row(asset_key: int, row: PointRow) -> tuple:
+    """The insert row: the asset's id swapped for its key."""
+    return (asset_key, *row[1:])
+
+
 def stored_point(asset_id: str, row: tuple) -> StoredPoint:
+    """A history read's row (`TELEMETRY_READ`) as a point."""
     site_id, seq, ts, received_at, mw, mw_setpoint, online, status, fault_code, details = row
     point = Telemetry(asset_id, site_id, seq, ts, mw, mw_setpoint, bool(online), status, fault_code, details_from(details))
     return StoredPoint(point, received_at)
+
+
+def stored_point_of(row: PointRow) -> StoredPoint:
+    """A buffered point (`point_row`) as a history read returns it."""
+    asset_id, seq, ts, received_at, site_id, *rest = row
+    return stored_point(asset_id, (site_id, seq, ts, received_at, *rest))
 
 
 # --- dispatches ------------------------------------------------------------------------------

@@ -302,10 +302,9 @@ class SqlStorage:
         if batch.points:
             keys = self._keys
             rows = []
-            for sp in batch.points:
-                p = sp.point
-                key = keys.get(p.asset_id) or self._key(conn, p.asset_id, p.site_id, new_keys)
-                rows.append(R.telemetry_row(key, sp))
+            for row in batch.points:  # PointRow: asset_id first, site_id fifth
+                key = keys.get(row[0]) or self._key(conn, row[0], row[4], new_keys)
+                rows.append(R.telemetry_row(key, row))
             inserted = self._insert_telemetry(conn, rows)
         for v in batch.dispatches:
             rec, created_at = self._x(conn, _DISPATCH_UPSERT, R.dispatch_row(v)).fetchone()
