@@ -12,8 +12,8 @@ Policy (the decision the issue asks for, tested in tests/test_store_actor.py):
   WAL. Measured with `storage.write`, 10,000 assets, 600,000 rows: 50,000 rows per commit took them
   at about twice the rows/s of 5,000 (and the gap grows with the table).
 - Telemetry waits in a bounded buffer (`buffer_rows`, the store's inbox bound). Measured
-  (bench/store_bench.py): ~530 bytes of RSS per buffered point as decoded, so the default 500,000
-  is ~260 MB, 200 s of 10,000 assets at one point per 4 s, hours for a site of 100. Past it the
+  (bench/store_bench.py): ~480 bytes of RSS per buffered point (a `PointRow`), so the default
+  500,000 is ~240 MB, 200 s of 10,000 assets at one point per 4 s, hours for a site of 100. Past it the
   OLDEST telemetry is dropped and counted (an agent that spools unacknowledged points sends them
   again). Dispatch, session and heartbeat records are never dropped: they are few (a heartbeat per
   session per 30 s), and an audit trail with holes is worse than memory use.
