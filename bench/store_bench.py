@@ -41,8 +41,8 @@ from der_actors.clock import WallClock
 from der_actors.messages import AssetInfo, BessDetails, Register, RegisterAck, Telemetry, TelemetryBatch
 from der_actors.model import Asset, AssetType, Inventory, Site
 from der_actors.storage.base import Storage, WriteBatch
-from der_actors.storage.rows import point_row
 from der_actors.storage.postgres import PostgresStorage
+from der_actors.storage.rows import point_row
 from der_actors.storage.sqlite import SqliteStorage
 from der_actors.transport.link import MemoryNetwork
 

@@ -15,8 +15,8 @@ Policy (the decision the issue asks for, tested in tests/test_store_actor.py):
   (bench/store_bench.py): ~480 bytes of RSS per buffered point (a `PointRow`), so the default
   500,000 is ~240 MB, 200 s of 10,000 assets at one point per 4 s, hours for a site of 100. Past
   it the OLDEST telemetry is dropped and counted (an agent that spools unacknowledged points sends
-  them again). Dispatch, session and heartbeat records are never dropped: they are few (a heartbeat per
-  session per 30 s), and an audit trail with holes is worse than memory use.
+  them again). Dispatch, session and heartbeat records are never dropped: they are few (a
+  heartbeat per session per 30 s), and an audit trail with holes is worse than memory use.
 - A write the database cannot take now (`StorageUnavailable`: down, unreachable, locked, disk full)
   puts its batch back at the front of the buffers (then applies the bound, so a long outage keeps
   the newest telemetry) and is retried after a backoff (`retry_initial_s` doubling to
