@@ -79,7 +79,7 @@ TABLE = [
     ("ingest_postgres_vs_sink", "  PostgreSQL ingest / transport sink, live", "-", None, _fmt_pct),
     ("ingest_postgres_merged_vs_sink", "  PostgreSQL ingest / transport sink, merged", "-", None, _fmt_pct),
     ("sink_pts_s", "Transport sink, live (points/s decoded)", "-", None, _fmt_int),
-    ("sink_codec_pts_s", "  sink + codec.agent_from_pb, live", "-", None, _fmt_int),
+    ("sink_codec_pts_s", "  sink + codec.received_from_pb, live", "-", None, _fmt_int),
     ("sink_merged_pts_s", "  sink, merged", "-", None, _fmt_int),
     ("dispatch_p50_ms", "Dispatch POST -> applied, p50", "-", None, _fmt_ms),
     ("dispatch_p99_ms", "Dispatch POST -> applied, p99", "<= 20 ms", lambda v: v <= 20, _fmt_ms),

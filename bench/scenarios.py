@@ -161,7 +161,7 @@ async def scenario_ingest(ctx: Ctx) -> dict:
         figures[f"{key}_pts_s"] = s["points_per_s"]
         label = {"sink": "sink, live", "sink_codec": "sink+codec, live", "sink_merged": "sink, merged"}[key]
         ctx.say(f"   {label:<22}{s['points_per_s']:>10,.0f} points/s decoded (purerpc server + protobuf parse"
-                f"{' + codec.agent_from_pb' if use_codec else ''}; sink {s['cpu']['cpu_sink_cores']:.2f} cores, "
+                f"{' + codec.received_from_pb' if use_codec else ''}; sink {s['cpu']['cpu_sink_cores']:.2f} cores, "
                 f"generator {s['cpu']['cpu_bench_cores']:.2f})")
     for engine in engines:
         for shape, _ in SHAPES:

@@ -6,8 +6,9 @@ Built on the headend's own gRPC layer (`der_actors.transport.purerpc_compat.serv
 h2), one process like the headend. Per stream: answers the Register with a RegisterAck accepting
 every asset it lists, parses every AgentMessage (protobuf), counts the points of each telemetry
 batch and answers it with a one-range TelemetryAck (the headend acks every committed batch too, so
-the generator's ack window works the same against both). `--codec` also converts each message into
-our own types with `codec.agent_from_pb`, as the headend's reader does, to price that step.
+the generator's ack window works the same against both). `--codec` also decodes each message into
+what the headend's reader makes of it (`codec.received_from_pb`: telemetry as the store's rows),
+to price that step.
 
 Prints `{"event": "sink_started", "port": N}` on stdout once listening, and
 `{"event": "sink_stopped", "points": N, "messages": N, "streams": N}` on SIGTERM/SIGINT.
@@ -19,6 +20,7 @@ import argparse
 import json
 import signal
 import sys
+import time
 
 import trio
 
@@ -50,7 +52,7 @@ def handler(counts: Counts, use_codec: bool):
                 break
             counts.messages += 1
             if use_codec:
-                codec.agent_from_pb(msg)
+                codec.received_from_pb(msg, time.time())
             which = msg.WhichOneof("body")
             if which == "telemetry_batch":
                 points = msg.telemetry_batch.points
@@ -87,7 +89,7 @@ async def main(port: int, use_codec: bool) -> None:
 if __name__ == "__main__":
     p = argparse.ArgumentParser(prog="bench.sink", description=__doc__.split("\n\n")[0])
     p.add_argument("--port", type=int, default=0)
-    p.add_argument("--codec", action="store_true", help="also convert each message with codec.agent_from_pb")
+    p.add_argument("--codec", action="store_true", help="also decode each message as the headend does (codec.received_from_pb)")
     a = p.parse_args()
     trio.run(main, a.port, a.codec)
     sys.exit(0)

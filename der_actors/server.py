@@ -52,7 +52,8 @@ async def run_server(
         )
         nursery.start_soon(run_lag_monitor, headend.ctx.loop_lag)
         async with trio.open_nursery() as front:  # the doors: closed first on shutdown
-            grpc_port = await front.start(serve_agents, settings.grpc_host, settings.grpc_port, headend.accept.clone())
+            grpc_port = await front.start(serve_agents, settings.grpc_host, settings.grpc_port, headend.accept.clone(),
+                                          headend.ctx.clock)
             http = HypercornConfig()
             http.bind = [f"{settings.http_host}:{settings.http_port}"]
             http.accesslog = None

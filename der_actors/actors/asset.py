@@ -19,8 +19,9 @@ import structlog
 import trio
 
 from der_actors.actors.supervise import supervise
-from der_actors.messages import Telemetry
 from der_actors.model import Asset
+from der_actors.storage.base import PointRow, StoredPoint
+from der_actors.storage.rows import stored_point_of
 from der_actors.views import AssetView, SessionSummary
 
 log = structlog.get_logger("der.asset")
@@ -52,11 +53,6 @@ class SetpointSet:
 AssetMessage = Connected | Disconnected | SetpointSet
 
 
-def is_newer(point: Telemetry, latest: Telemetry | None) -> bool:
-    """A late or replayed point never hides a newer one (by its own timestamp, then seq)."""
-    return latest is None or (point.timestamp, point.seq) >= (latest.timestamp, latest.seq)
-
-
 def apply(view: AssetView, msg: AssetMessage) -> AssetView:
     """The asset's rules: pure, one message at a time."""
     if isinstance(msg, Connected):
@@ -84,8 +80,8 @@ class AssetHandle:
         self.asset = asset
         self._send = send
         self.published = AssetView(asset=asset, sessions=sessions[:SESSIONS_KEPT])  # written by the actor
-        self._latest: Telemetry | None = None
-        self._received_at: float | None = None
+        self._latest: PointRow | None = None  # the newest point, as the store's row
+        self._shown: tuple[PointRow, StoredPoint] | None = None  # a row as a view shows it (built on read)
 
     async def send(self, msg: AssetMessage) -> None:
         try:
@@ -99,15 +95,22 @@ class AssetHandle:
         Cancelled exceptions."""
         self._send.close()
 
-    def offer_telemetry(self, point: Telemetry, received_at: float) -> None:
-        if is_newer(point, self._latest):
-            self._latest, self._received_at = point, received_at
+    def offer_telemetry(self, row: PointRow) -> None:
+        """A point (the store's row: asset_id, seq, ts, ...), kept if it is the newest: a late or
+        replayed point never hides a newer one (by its own timestamp, then seq)."""
+        latest = self._latest
+        if latest is None or row[2] > latest[2] or (row[2] == latest[2] and row[1] >= latest[1]):
+            self._latest = row
 
     @property
     def view(self) -> AssetView:
-        if self._latest is None:
+        row = self._latest
+        if row is None:
             return self.published
-        return attrs.evolve(self.published, latest=self._latest, received_at=self._received_at)
+        if self._shown is None or self._shown[0] is not row:
+            self._shown = (row, stored_point_of(row))
+        shown = self._shown[1]
+        return attrs.evolve(self.published, latest=shown.point, received_at=shown.received_at)
 
 
 async def _asset_loop(handle: AssetHandle, inbox: trio.MemoryReceiveChannel[AssetMessage]) -> None:

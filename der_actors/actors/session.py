@@ -35,7 +35,7 @@ from der_actors.messages import (
 from der_actors.registration import review_register
 from der_actors.storage.base import HeartbeatRow, PointRow
 from der_actors.storage.rows import point_row
-from der_actors.transport.link import AgentConnection
+from der_actors.transport.link import AgentConnection, ReceivedPoints
 from der_actors.views import SessionSummary
 
 log = structlog.get_logger("der.session")
@@ -234,10 +234,12 @@ class Session:
         return f"stale: no message for {timeout:g} s"
 
     async def _on_message(self, msg: object) -> None:
-        if isinstance(msg, TelemetryBatch):
-            await self._on_points(msg.points)
+        if isinstance(msg, ReceivedPoints):
+            self._on_rows(msg.rows)
+        elif isinstance(msg, TelemetryBatch):
+            self._on_rows([point_row(p, self.handle.last_seen) for p in msg.points])
         elif isinstance(msg, Telemetry):
-            await self._on_points((msg,))
+            self._on_rows([point_row(msg, self.handle.last_seen)])
         elif isinstance(msg, Heartbeat):
             s = self.handle.summary
             self.ctx.store.record_heartbeat(
@@ -249,37 +251,38 @@ class Session:
             log.warning("protocol_error", session_id=self.handle.session_id, peer=self.handle.peer,
                         reason="unexpected message after register", got=type(msg).__name__)
 
-    async def _on_points(self, points: tuple[Telemetry, ...]) -> None:
-        now = self.handle.last_seen
+    def _on_rows(self, rows: list[PointRow]) -> None:
+        """Points as the store's rows (`PointRow`: asset_id, seq, ts, received_at, site_id, mw,
+        mw_setpoint, ...): checked, offered to their asset's "now", then recorded."""
         owners = self.ctx.directory.owners
         assets = self.ctx.assets
         session_id = self.handle.session_id
         stored: list[PointRow] = []
-        for p in points:
-            if not (math.isfinite(p.mw) and math.isfinite(p.mw_setpoint)):
-                self._reject_point(p, "mw and mw_setpoint must be finite numbers")
+        for r in rows:
+            if not (math.isfinite(r[5]) and math.isfinite(r[6])):
+                self._reject_point(r, "mw and mw_setpoint must be finite numbers")
                 continue
-            if not p.asset_id:  # legacy: belongs to the session's primary asset
-                p = attrs.evolve(p, asset_id=self.primary_asset_id, site_id=p.site_id or self.site_id)
-            if owners.get(p.asset_id) != session_id:
-                self._ignore_point(p)
+            if not r[0]:  # legacy: belongs to the session's primary asset
+                r = (self.primary_asset_id, r[1], r[2], r[3], r[4] or self.site_id, *r[5:])
+            if owners.get(r[0]) != session_id:
+                self._ignore_point(r[0])
                 continue
-            assets[p.asset_id].offer_telemetry(p, now)
-            stored.append(point_row(p, now))
+            assets[r[0]].offer_telemetry(r)
+            stored.append(r)
         self.handle.points += len(stored)
         if stored:
             self.ctx.store.record_points(stored)
 
-    def _ignore_point(self, p: Telemetry) -> None:
+    def _ignore_point(self, asset_id: str) -> None:
         self.handle.ignored_points += 1
-        if p.asset_id not in self._warned:
-            self._warned.add(p.asset_id)
-            log.warning("telemetry_ignored", asset_id=p.asset_id, session_id=self.handle.session_id,
+        if asset_id not in self._warned:
+            self._warned.add(asset_id)
+            log.warning("telemetry_ignored", asset_id=asset_id, session_id=self.handle.session_id,
                         peer=self.handle.peer, reason="asset not served by this session")
 
-    def _reject_point(self, p: Telemetry, reason: str) -> None:
+    def _reject_point(self, row: PointRow, reason: str) -> None:
         self.handle.ignored_points += 1
-        log.warning("telemetry_rejected", asset_id=p.asset_id or self.primary_asset_id, seq=p.seq,
+        log.warning("telemetry_rejected", asset_id=row[0] or self.primary_asset_id, seq=row[1],
                     session_id=self.handle.session_id, peer=self.handle.peer, reason=reason)
 
     async def _commands_loop(self) -> None:

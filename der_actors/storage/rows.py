@@ -44,8 +44,11 @@ def _details_writer(kind: str, cls: type) -> Callable[[object], str]:
     return lambda d: template % tuple(map(_value, get(d)))
 
 
-# one JSON writer per kind: this runs once per stored point, so it avoids json.dumps and asdict
-_DETAILS_WRITERS = {cls: _details_writer(kind, cls) for kind, cls in _DETAIL_KINDS.items()}
+# One JSON writer per kind: this runs once per stored point, so it avoids json.dumps and asdict.
+# A writer reads the fields by name, so it takes the wire's details message of that kind too (the
+# same names in proto/agent.proto): the headend's decode writes the JSON straight from the wire.
+DETAILS_JSON_BY_KIND = {kind: _details_writer(kind, cls) for kind, cls in _DETAIL_KINDS.items()}
+_DETAILS_WRITERS = {cls: DETAILS_JSON_BY_KIND[kind] for kind, cls in _DETAIL_KINDS.items()}
 
 
 def details_json(details: Details) -> str | None:

@@ -10,6 +10,9 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from der_actors import messages as m
 from der_actors.model import AssetType
+from der_actors.storage.base import PointRow
+from der_actors.storage.rows import DETAILS_JSON_BY_KIND
+from der_actors.transport.link import ReceivedPoints
 from der_actors.transport.pb import agent_pb2 as pb
 
 
@@ -201,6 +204,32 @@ def agent_from_pb(p: pb.AgentMessage) -> m.AgentMessage:
             agent_version=reg.agent_version,
         )
     raise ProtocolError("body: empty AgentMessage (no oneof field set)")
+
+
+def received_from_pb(p: pb.AgentMessage, received_at: float) -> m.AgentMessage | ReceivedPoints:
+    """`agent_from_pb` as the headend's gRPC reader calls it: telemetry comes out as store rows."""
+    which = p.WhichOneof("body")
+    if which == "telemetry_batch":
+        return ReceivedPoints(point_rows_from_pb(p.telemetry_batch.points, received_at))
+    if which == "telemetry":
+        return ReceivedPoints(point_rows_from_pb((p.telemetry,), received_at))
+    return agent_from_pb(p)
+
+
+def point_rows_from_pb(points, received_at: float) -> list[PointRow]:
+    """Each point as `rows.point_row(telemetry_from_pb(p), received_at)` makes it, without the
+    `Telemetry` and details objects in between (the details JSON is written from the wire's fields).
+    The headend's hot path: this runs for every point it receives."""
+    rows: list[PointRow] = []
+    append = rows.append
+    for t in points:
+        which = t.WhichOneof("details")
+        ts = t.timestamp
+        append((
+            t.asset_id, t.seq, ts.seconds + ts.nanos * 1e-9, received_at, t.site_id, t.mw, t.mw_setpoint, t.online,
+            t.status, t.fault_code, DETAILS_JSON_BY_KIND[which](getattr(t, which)) if which else None,
+        ))
+    return rows
 
 
 # --- headend -> agent --------------------------------------------------------------------------

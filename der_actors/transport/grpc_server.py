@@ -14,6 +14,7 @@ import structlog
 import trio
 from google.protobuf.message import DecodeError
 
+from der_actors.clock import WallClock
 from der_actors.transport import codec
 from der_actors.transport.link import LINK_BUFFER, AgentConnection
 from der_actors.transport.pb import agent_pb2 as pb
@@ -25,7 +26,7 @@ SERVICE = "der.agent.v1.AgentLink"
 METHOD = "Stream"
 
 
-def stream_handler(accept: trio.MemorySendChannel[AgentConnection]):
+def stream_handler(accept: trio.MemorySendChannel[AgentConnection], clock: WallClock):
     async def handle(stream: GRPCProtoStream, request, peer: str) -> None:
         if request.service_name != SERVICE or request.method_name != METHOD:
             await stream.close(Status(StatusCode.UNIMPLEMENTED, f"{request.service_name}/{request.method_name}"))
@@ -36,14 +37,14 @@ def stream_handler(accept: trio.MemorySendChannel[AgentConnection]):
         async with inbound_send, outbound_recv:
             await accept.send(AgentConnection(peer, inbound_recv, outbound_send))
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(_read, stream, inbound_send, peer)
+                nursery.start_soon(_read, stream, inbound_send, peer, clock)
                 await _write(stream, outbound_recv)
                 nursery.cancel_scope.cancel()
 
     return handle
 
 
-async def _read(stream: GRPCProtoStream, inbound: trio.MemorySendChannel, peer: str) -> None:
+async def _read(stream: GRPCProtoStream, inbound: trio.MemorySendChannel, peer: str, clock: WallClock) -> None:
     async with inbound:
         while True:
             try:
@@ -54,7 +55,7 @@ async def _read(stream: GRPCProtoStream, inbound: trio.MemorySendChannel, peer: 
             if raw is None:
                 return
             try:
-                msg = codec.agent_from_pb(raw)
+                msg = codec.received_from_pb(raw, clock.now())
             except codec.ProtocolError as exc:
                 log.warning("protocol_error", peer=peer, reason=str(exc))
                 continue
@@ -79,9 +80,10 @@ async def serve_agents(
     host: str,
     port: int,
     accept: trio.MemorySendChannel[AgentConnection],
+    clock: WallClock,
     *,
     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Serve AgentLink.Stream on host:port; reports the bound port."""
+    """Serve AgentLink.Stream on host:port; reports the bound port. `clock` stamps received telemetry."""
     async with accept:
-        await serve_grpc(host, port, stream_handler(accept), task_status=task_status)
+        await serve_grpc(host, port, stream_handler(accept, clock), task_status=task_status)

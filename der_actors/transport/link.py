@@ -19,6 +19,7 @@ import attrs
 import trio
 
 from der_actors.messages import AgentMessage, HeadendMessage
+from der_actors.storage.base import PointRow
 
 # A link carries whole batches, so a few dozen in flight is plenty; a full buffer applies
 # backpressure to the producer rather than growing memory without bound.
@@ -26,11 +27,24 @@ LINK_BUFFER = 64
 
 
 @attrs.frozen
+class ReceivedPoints:
+    """Telemetry as the gRPC transport hands it to a session: each point already the row the store
+    buffers (`PointRow`, received_at stamped at decode; `codec.received_from_pb`).
+
+    Decoding straight into rows makes no object per point, where a `Telemetry` and its details were
+    two tracked ones: CPU, and the cyclic GC walking them (see `PointRow`). In-memory links carry
+    the agent's `TelemetryBatch` as it is; a session takes both.
+    """
+
+    rows: list[PointRow]
+
+
+@attrs.frozen
 class AgentConnection:
     """The headend's end of one agent stream."""
 
     peer: str  # "ip:port" of the agent, or a name for in-memory links
-    inbound: trio.MemoryReceiveChannel[AgentMessage]
+    inbound: trio.MemoryReceiveChannel[AgentMessage | ReceivedPoints]
     outbound: trio.MemorySendChannel[HeadendMessage]
 
 
