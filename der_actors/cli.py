@@ -24,11 +24,20 @@ from der_actors.storage import StorageConfigError, open_storage
 GC_THRESHOLDS = (50_000, 20, 100)
 
 
-def tune_gc() -> None:
+# The store writes from a worker thread, which releases the GIL for each SQL statement's step and
+# then has to get it back from the busy trio thread. A thread waiting for the GIL asks the holder to
+# drop it only after the switch interval (default 5 ms), so under load the writer sat out up to 5 ms
+# per statement, more than a 1,000-row INSERT takes. At 0.5 ms (bench, SQLite, back to back with the
+# default): merged ingest ~48k -> ~52k points/s, dispatch p99 under that load ~50 -> ~25-40 ms.
+SWITCH_INTERVAL_S = 0.0005
+
+
+def tune_interpreter() -> None:
     """Call once start-up has loaded its long-lived objects (modules, inventory, storage)."""
     gc.collect()
     gc.freeze()  # start-up objects live for the process: never walk them again
     gc.set_threshold(*GC_THRESHOLDS)
+    sys.setswitchinterval(SWITCH_INTERVAL_S)
 
 
 async def _serve(settings, inventory, storage) -> None:
@@ -58,7 +67,7 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(f"der-headend: {exc}")
     except InventoryError as exc:
         sys.exit(f"der-headend: {settings.assets_path} is not valid:\n{exc}")
-    tune_gc()
+    tune_interpreter()
     try:
         trio.run(_serve, settings, inventory, storage)
     finally:
