@@ -446,7 +446,7 @@ def _dispatch_line(name: str, rate: int, n: int, ticks_per_message: int, budget_
 async def scenario_connections(ctx: Ctx) -> dict:
     steps = [100, 250] if ctx.quick else [100, 250, 500, 1000, 1500, 2000]
     per, interval = 10, 4.0
-    hold = 0.75 * interval if ctx.quick else 2.5 * interval
+    hold = 0.5 * interval if ctx.quick else 2.5 * interval
     lag_limit = 2 * interval
     sites = gen_sites(max(steps), per, seed=13)
     workdir = ctx.cleanup.tempdir("connections")
@@ -602,7 +602,7 @@ async def scenario_storm(ctx: Ctx) -> dict:
 
 
 async def scenario_edge(ctx: Ctx) -> dict:
-    n_assets, window = 1000, (10.0 if ctx.quick else 30.0)
+    n_assets, window = 1000, (5.0 if ctx.quick else 30.0)
     sites = gen_sites(1, n_assets, seed=19)
     workdir = ctx.cleanup.tempdir("edge")
     inv = os.path.join(workdir, "assets.yaml")
