@@ -27,8 +27,8 @@ GC_THRESHOLDS = (50_000, 20, 100)
 # The store writes from a worker thread, which releases the GIL for each SQL statement's step and
 # then has to get it back from the busy trio thread. A thread waiting for the GIL asks the holder to
 # drop it only after the switch interval (default 5 ms), so under load the writer sat out up to 5 ms
-# per statement, more than a 1,000-row INSERT takes. At 0.5 ms (bench, SQLite, back to back with the
-# default): merged ingest ~48k -> ~52k points/s, dispatch p99 under that load ~50 -> ~25-40 ms.
+# per statement, more than a 1,000-row INSERT takes. At 0.5 ms (`./dev bench --runs 3` before and
+# after): SQLite merged ingest 44k -> 53k points/s, dispatch p99 under that load 64 -> 49 ms.
 SWITCH_INTERVAL_S = 0.0005
 
 
