@@ -20,7 +20,7 @@ import trio
 
 from der_actors.actors.supervise import supervise
 from der_actors.model import Asset
-from der_actors.storage.base import PointRow, StoredPoint
+from der_actors.storage.base import PointRow
 from der_actors.storage.rows import stored_point_of
 from der_actors.views import AssetView, SessionSummary
 
@@ -81,7 +81,6 @@ class AssetHandle:
         self._send = send
         self.published = AssetView(asset=asset, sessions=sessions[:SESSIONS_KEPT])  # written by the actor
         self._latest: PointRow | None = None  # the newest point, as the store's row
-        self._shown: tuple[PointRow, StoredPoint] | None = None  # a row as a view shows it (built on read)
 
     async def send(self, msg: AssetMessage) -> None:
         try:
@@ -104,12 +103,9 @@ class AssetHandle:
 
     @property
     def view(self) -> AssetView:
-        row = self._latest
-        if row is None:
+        if self._latest is None:
             return self.published
-        if self._shown is None or self._shown[0] is not row:
-            self._shown = (row, stored_point_of(row))
-        shown = self._shown[1]
+        shown = stored_point_of(self._latest)  # a read (REST) pays for the Telemetry, not intake
         return attrs.evolve(self.published, latest=shown.point, received_at=shown.received_at)
 
 
