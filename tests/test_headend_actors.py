@@ -18,6 +18,7 @@ from der_actors.messages import (
     TelemetryAck, TelemetryBatch,
 )
 from der_actors.storage.memory import MemoryStorage
+from der_actors.storage.rows import point_row
 from der_actors.transport.link import MemoryNetwork
 
 EPOCH = 1_800_000_000.0
@@ -207,3 +208,20 @@ async def test_a_closed_asset_actor_applies_what_is_queued_then_ends_without_bei
     await trio.sleep(1)
     assert ended == [0.0]
     assert (handle.view.setpoint_mw, handle.view.setpoint_dispatch_id) == (1.5, "d-1")
+
+
+def test_a_late_or_replayed_point_never_hides_a_newer_one():
+    handle, _ = open_asset(INV.asset(BESS1))
+
+    def offer(seq, ts, mw):
+        handle.offer_telemetry(point_row(Telemetry(BESS1, HARBOUR, seq, EPOCH + ts, mw, 0.0), EPOCH + 100))
+
+    offer(5, 20, 1.0)
+    offer(3, 12, 2.0)  # a backfilled point: older, kept in history but not "now"
+    assert (handle.view.latest.seq, handle.view.latest.mw) == (5, 1.0)
+    offer(4, 20, 3.0)  # the same timestamp, a lower seq
+    assert handle.view.latest.seq == 5
+    offer(6, 20, 4.0)  # the same timestamp, a higher seq
+    assert handle.view.latest.seq == 6
+    offer(7, 24, 5.0)
+    assert (handle.view.latest.seq, handle.view.latest.mw, handle.view.received_at) == (7, 5.0, EPOCH + 100)
