@@ -82,6 +82,11 @@ class MemoryStorage:
                 break
         return out
 
+    def seqs(self, asset_id: str) -> list[int]:
+        """The seqs held for an asset, in the order first written: a check of a long run's history
+        that does not turn a million rows back into points (`telemetry_history` does)."""
+        return list(self._points.get(asset_id, ()))
+
     def dispatch(self, dispatch_id):
         return self._dispatches.get(dispatch_id)
 
