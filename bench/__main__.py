@@ -8,8 +8,9 @@ of every figure next to its target at the end, and writes everything to bench-re
     ./dev bench --only ingest --profile bench-results/profile   # py-spy the headend (ingest, dispatch)
 
 Scenarios: ingest (with the storage ceiling and the transport sink: the "limits, same run"),
-dispatch, connections, storm, edge; and `client` (not in the defaults: the generator's own cost per
-message with bench.h2lite, purerpc and grpcio), `store` (bench/store_bench.py: the in-process store
+dispatch, connections, storm, edge; and, not in the defaults: `client` (the generator's own cost per
+message with bench.h2lite, purerpc and grpcio), `agents` (bench/agents_read.py: what a GET /agents on
+10,000 assets costs the event loop), `store` (bench/store_bench.py: the in-process store
 benchmark and the SQLite layout comparison).
 
 The headend, the sink and the edge agent run as child processes on 127.0.0.1 (ports picked by the
@@ -107,6 +108,8 @@ TABLE = [
     ("storm_headend_down_s", "  of which the headend stop + start", "-", None, _fmt_s),
     ("edge_cpu_pct", "Edge, 1,000 assets at 1 s: CPU (% of a core)", "<= 25%", lambda v: v <= 25, lambda v: f"{v:.1f}%"),
     ("edge_rss_mb", "  edge RSS (MB)", "-", None, lambda v: f"{v:.0f}"),
+    ("agents_get_ms", "GET /agents, 10,000 assets (ms)", "-", None, lambda v: f"{v:.0f}"),
+    ("agents_longest_step_ms", "  longest event-loop step while serving (ms)", "-", None, lambda v: f"{v:.1f}"),
     ("client_lite_us_per_msg", "Generator CPU/message: bench.h2lite (us)", "-", None, lambda v: f"{v:.0f}"),
     ("client_purerpc_us_per_msg", "  purerpc dial_grpc (us)", "-", None, lambda v: f"{v:.0f}"),
     ("client_grpcio_us_per_msg", "  grpc.aio (us)", "-", None, lambda v: f"{v:.0f}"),

@@ -689,8 +689,6 @@ async def scenario_client(ctx: Ctx) -> dict:
         if proc.returncode != 0:
             ctx.say(f"   {kind}: failed: {proc.stderr.decode()[-500:]}")
             continue
-        import json
-
         r = json.loads(proc.stdout.decode().strip().splitlines()[-1])
         out[kind] = r
         figures[f"client_{kind}_us_per_msg"] = r["cpu_us_per_msg"]
@@ -700,7 +698,27 @@ async def scenario_client(ctx: Ctx) -> dict:
     return out
 
 
+# === a dashboard's read: GET /agents on 10,000 assets ===============================================
+
+
+async def scenario_agents(ctx: Ctx) -> dict:
+    requests = 3 if ctx.quick else 5
+    ctx.say(f"\n== GET /agents on 10,000 assets (bench/agents_read.py: in-process headend, every asset with a session "
+            f"and a latest point), {requests} requests")
+    proc = await trio.run_process([sys.executable, "-m", "bench.agents_read", "--requests", str(requests)], cwd=ROOT,
+                                  capture_stdout=True, capture_stderr=True, check=False)
+    if proc.returncode != 0:
+        ctx.say(f"   failed: {proc.stderr.decode()[-500:]}")
+        return {"figures": {}}
+    r = json.loads(proc.stdout.decode().strip().splitlines()[-1])
+    ctx.say(f"   median response {r['median_response_s'] * 1e3:.0f} ms for {r['bytes'] / 1e6:.1f} MB; the longest single "
+            f"task step while serving {r['worst_longest_step_s'] * 1e3:.1f} ms (nothing else runs during one)")
+    return {"figures": {"agents_get_ms": r["median_response_s"] * 1e3,
+                        "agents_longest_step_ms": r["worst_longest_step_s"] * 1e3}, **r}
+
+
 SCENARIOS = {
+    "agents": scenario_agents,
     "client": scenario_client,
     "ingest": scenario_ingest,
     "dispatch": scenario_dispatch,

@@ -15,6 +15,7 @@ import httpx
 import pytest
 import trio
 
+from der_actors.transport import rest
 from der_actors.transport.rest import create_app
 
 if TYPE_CHECKING:
@@ -107,9 +108,13 @@ async def test_sites(http: httpx.AsyncClient) -> None:
     ]}
 
 
-async def test_agents_all_disconnected_initially(live_headend: LiveHeadend, http: httpx.AsyncClient) -> None:
+@pytest.mark.parametrize("chunk", [rest.AGENT_ROWS_PER_CHUNK, 2, 1])  # one chunk; several, the last short; one row each
+async def test_agents_all_disconnected_initially(
+    live_headend: LiveHeadend, http: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch, chunk: int
+) -> None:
+    monkeypatch.setattr(rest, "AGENT_ROWS_PER_CHUNK", chunk)
     r = await http.get("/agents")
-    assert r.status_code == 200
+    assert r.status_code == 200 and r.headers["content-type"] == "application/json"
     rows = r.json()["agents"]
     assert [row["asset_id"] for row in rows] == [a.id for a in live_headend.inventory.assets]
     for row in rows:

@@ -101,6 +101,11 @@ class AssetHandle:
         if latest is None or row[2] > latest[2] or (row[2] == latest[2] and row[1] >= latest[1]):
             self._latest = row
 
+    def latest_times(self) -> tuple[float | None, float | None]:
+        """The newest point's (timestamp, received_at), without building the point (`/agents`)."""
+        latest = self._latest
+        return (latest[2], latest[3]) if latest is not None else (None, None)
+
     @property
     def view(self) -> AssetView:
         if self._latest is None:

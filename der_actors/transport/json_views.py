@@ -63,9 +63,8 @@ def session_json(s: SessionSummary) -> dict:
     }
 
 
-def agent_row(view: AssetView, site_name: str, last_seen: float | None, now: float) -> dict:
+def agent_row(view: AssetView, site_name: str, latest_ts: float | None, last_seen: float | None, now: float) -> dict:
     s = view.session
-    latest_ts = view.latest.timestamp if view.latest else None
     return {
         "asset_id": view.asset.id,
         "asset_name": view.asset.name,
