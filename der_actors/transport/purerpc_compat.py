@@ -165,6 +165,11 @@ async def receive_message(stream: GRPCProtoStream):
         return None
 
 
+def message_ready(stream: GRPCProtoStream) -> bool:
+    """Whether the stream's next event is queued already (`receive_message` will not wait for it)."""
+    return stream._incoming_events[1].statistics().current_buffer_used > 0
+
+
 StreamHandler = Callable[[GRPCProtoStream, RequestReceived, str], Awaitable[None]]
 
 

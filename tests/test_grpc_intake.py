@@ -1,0 +1,88 @@
+"""The headend's gRPC intake over a real socket: telemetry takes turns, a stream owed a setpoint's
+outcome leaves the line, and other messages never wait (der_actors/transport/grpc_server.py).
+
+The test holds every turn itself (a CapacityLimiter of one, passed to `serve_agents`), so whether a
+message got through is a fact to check, not a race. Real time, bounded by fail_after; the only waits
+are for the stream's reader to reach the line.
+"""
+
+from __future__ import annotations
+
+import trio
+
+from der_actors.clock import WallClock
+from der_actors.messages import AckState, Heartbeat, Register, Setpoint, SetpointAck, Telemetry, TelemetryBatch
+from der_actors.transport.grpc_client import grpc_dialer
+from der_actors.transport.grpc_server import REPLY_PRIORITY_S, _Replies, serve_agents
+from der_actors.transport.link import AgentConnection, ReceivedPoints
+
+SITE = "7e3a446b-8390-41f8-ba6c-946169ccf1e8"
+BESS = "c85e9759-8fac-40b8-ae8e-e9f6c796f8bb"
+
+
+def batch(seq: int) -> TelemetryBatch:
+    return TelemetryBatch((Telemetry(BESS, SITE, seq, 1_800_000_000.0 + seq, 1.0, 1.0, True, "ok"),))
+
+
+async def waiting_in_line(intake: trio.CapacityLimiter) -> None:
+    while intake.statistics().tasks_waiting == 0:
+        await trio.sleep(0.001)
+
+
+def nothing_arrived(conn: AgentConnection) -> bool:
+    try:
+        conn.inbound.receive_nowait()
+    except trio.WouldBlock:
+        return True
+    return False
+
+
+async def test_telemetry_waits_for_a_turn_and_a_stream_owed_a_setpoint_outcome_goes_first() -> None:
+    accept_send, accept_recv = trio.open_memory_channel[AgentConnection](1)
+    intake = trio.CapacityLimiter(1)
+    await intake.acquire()  # the test holds the only turn
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            port = await nursery.start(lambda task_status: serve_agents(
+                "127.0.0.1", 0, accept_send, WallClock.calibrated(), intake=intake, task_status=task_status))
+            async with grpc_dialer("127.0.0.1", port)() as agent:
+                await agent.outbound.send(Register("agent", "", SITE, BESS, ()))
+                conn = await accept_recv.receive()
+                assert isinstance(await conn.inbound.receive(), Register)  # not telemetry: no turn needed
+
+                await agent.outbound.send(batch(1))
+                await agent.outbound.send(Heartbeat(5.0))  # behind the telemetry on the same stream
+                await waiting_in_line(intake)
+                assert nothing_arrived(conn)
+
+                # A setpoint goes out on the stream: its reader leaves the line, with what is queued.
+                await conn.outbound.send(Setpoint("sp-1", BESS, SITE, 2.0))
+                first = await conn.inbound.receive()
+                assert isinstance(first, ReceivedPoints) and [r[1] for r in first.rows] == [1]
+                assert await conn.inbound.receive() == Heartbeat(5.0)
+                assert isinstance(await agent.inbound.receive(), Setpoint)
+                await agent.outbound.send(batch(2))  # still owed the outcome: goes first too
+                assert [r[1] for r in (await conn.inbound.receive()).rows] == [2]
+                await agent.outbound.send(SetpointAck("sp-1", AckState.RECEIVED))
+                assert (await conn.inbound.receive()).state is AckState.RECEIVED
+                await agent.outbound.send(SetpointAck("sp-1", AckState.APPLIED))
+                assert (await conn.inbound.receive()).state is AckState.APPLIED
+
+                # The outcome is in: the stream's telemetry takes turns again.
+                await agent.outbound.send(batch(3))
+                await waiting_in_line(intake)
+                assert nothing_arrived(conn)
+                intake.release()
+                assert [r[1] for r in (await conn.inbound.receive()).rows] == [3]
+            nursery.cancel_scope.cancel()
+
+
+async def test_an_agent_that_never_answers_loses_its_place_after_reply_priority_s(autojump_clock) -> None:
+    replies = _Replies()
+    replies.sent(Heartbeat(1.0))
+    assert not replies.urgent  # only a setpoint is owed an outcome
+    replies.sent(Setpoint("sp-1", BESS, SITE, 2.0))
+    await trio.sleep(REPLY_PRIORITY_S - 0.001)
+    assert replies.urgent
+    await trio.sleep(0.001)
+    assert not replies.urgent
