@@ -17,7 +17,7 @@ from der_actors.clock import WallClock
 from der_actors.config import HeadendSettings
 from der_actors.model import Inventory
 from der_actors.storage.base import Storage
-from der_actors.transport.grpc_server import serve_agents
+from der_actors.transport.grpc_server import INTAKE_TURNS, serve_agents
 from der_actors.transport.rest import create_app
 
 log = structlog.get_logger("der.headend")
@@ -52,13 +52,15 @@ async def run_server(
         )
         nursery.start_soon(run_lag_monitor, headend.ctx.loop_lag)
         async with trio.open_nursery() as front:  # the doors: closed first on shutdown
-            grpc_port = await front.start(serve_agents, settings.grpc_host, settings.grpc_port, headend.accept.clone(),
-                                          headend.ctx.clock)
+            intake = trio.CapacityLimiter(INTAKE_TURNS)
+            grpc_port = await front.start(functools.partial(
+                serve_agents, settings.grpc_host, settings.grpc_port, headend.accept.clone(), headend.ctx.clock,
+                intake=intake))
             http = HypercornConfig()
             http.bind = [f"{settings.http_host}:{settings.http_port}"]
             http.accesslog = None
             http.errorlog = None
-            binds = await front.start(serve_http, create_app(headend), http)
+            binds = await front.start(serve_http, create_app(headend, intake), http)
             running = RunningHeadend(headend, binds[0], grpc_port)
             log.info("headend_started", http=running.http_url, grpc=f"{settings.grpc_host}:{grpc_port}",
                      assets=len(inventory.assets), sites=len(inventory.sites), dispatch_ttl_s=config.dispatch_ttl_s)

@@ -16,6 +16,7 @@ import pytest
 import trio
 
 from der_actors.transport import rest
+from der_actors.transport.grpc_server import INTAKE_TURNS
 from der_actors.transport.rest import create_app
 
 if TYPE_CHECKING:
@@ -133,6 +134,7 @@ async def test_health(http: httpx.AsyncClient) -> None:
     body = r.json()
     lag = body.pop("event_loop_lag_ms")
     history = body.pop("history")
+    assert body.pop("intake") == {"turns": INTAKE_TURNS, "in_use": 0, "streams_waiting": 0}
     assert body == {"status": "ok", "sessions": 0, "assets": 20}
     assert 0 <= lag["last"] <= lag["worst_60s"]  # the process's monitor has woken at least once
     assert (history["received_points"], history["stored_points"], history["healthy"]) == (0, 0, True)
@@ -143,7 +145,7 @@ async def test_openapi_describes_every_route(live_headend: LiveHeadend, http: ht
     assert r.status_code == 200
     doc = r.json()
     assert doc["openapi"].startswith("3.")
-    app = create_app(live_headend.headend)  # the same routes the running server has
+    app = create_app(live_headend.headend, trio.CapacityLimiter(1))  # the same routes the running server has
     routes: dict[str, set[str]] = {}
     for rule in app.url_map.iter_rules():
         if rule.endpoint == "static":

@@ -41,7 +41,8 @@ def openapi_document() -> dict:
         "paths": {
             "/health": _get("Liveness (200 while the process serves): status (degraded while history cannot be "
                             "written), sessions, assets, event-loop lag (last and worst of the last 60 s, ms), "
-                            "history counters (received, stored, buffered, dropped, rejected points; last_error)",
+                            "history counters (received, stored, buffered, dropped, rejected points; last_error), "
+                            "intake (telemetry turns, in use, streams waiting in line for one)",
                             errors=()),
             "/sites": _get("Configured sites, inventory order", errors=()),
             "/assets": _get("Configured assets (the inventory), inventory order", errors=()),

@@ -43,7 +43,8 @@ def error(status: int, code: str, message: str, field: str | None = None) -> tup
     return jsonify({"error": {"code": code, "message": message, "field": field}}), status
 
 
-def create_app(headend: Headend) -> QuartTrio:
+def create_app(headend: Headend, intake: trio.CapacityLimiter) -> QuartTrio:
+    """`intake`: the gRPC server's telemetry turns, which /health reports."""
     app = QuartTrio("der_actors")
     app.config["JSON_SORT_KEYS"] = False
     app.json.sort_keys = False
@@ -90,6 +91,10 @@ def create_app(headend: Headend) -> QuartTrio:
             "event_loop_lag_ms": {"last": round(ctx.loop_lag.last_s * 1e3, 1),
                                   "worst_60s": round(ctx.loop_lag.worst_s(now) * 1e3, 1)},
             "history": ctx.store.status(),
+            # streams waiting in line for a telemetry turn: above zero for long, agents offer more
+            # than the headend takes in (they are held back and spool; see transport/grpc_server.py)
+            "intake": {"turns": intake.total_tokens, "in_use": intake.borrowed_tokens,
+                       "streams_waiting": intake.statistics().tasks_waiting},
         }
 
     @app.get("/sites")
