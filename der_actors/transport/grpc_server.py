@@ -38,8 +38,9 @@ METHOD = "Stream"
 # Telemetry intake takes turns. At most INTAKE_TURNS streams hold one at once; a turn hands on the
 # message that asked for it and what its stream holds already (up to TURN_MESSAGES) in one step, and
 # is held across one checkpoint, so a scheduler round does at most 16 x 8 messages of intake. The
-# other streams wait in line, their bytes unacknowledged: HTTP/2 flow control holds their agents
-# back (the edge spools), and their messages pile up, so the next turn takes more of them at once.
+# other streams wait in line, their bytes unacknowledged, so HTTP/2 flow control holds their agents
+# back once a stream's window is full (the edge spools), and their messages pile up: the next turn
+# takes more of them at once. A turn blocked on a full session inbox keeps its turn meanwhile.
 # Measured (`bench --only ingest`, 1,000 streams, SQLite): live 38k -> 66-74k points/s stored, merged
 # 115k -> 148-164k. Without turns a round was 1,000 streams' decodes, which every hop of a dispatch
 # waited for. Messages that are not telemetry never wait in line.
