@@ -9,11 +9,12 @@ are for the stream's reader to reach the line.
 from __future__ import annotations
 
 import trio
+import trio.testing
 
 from der_actors.clock import WallClock
 from der_actors.messages import AckState, Heartbeat, Register, Setpoint, SetpointAck, Telemetry, TelemetryBatch
 from der_actors.transport.grpc_client import grpc_dialer
-from der_actors.transport.grpc_server import REPLY_PRIORITY_S, _Replies, serve_agents
+from der_actors.transport.grpc_server import REPLY_PRIORITY_S, TURN_MESSAGES, _Replies, serve_agents
 from der_actors.transport.link import AgentConnection, ReceivedPoints
 
 SITE = "7e3a446b-8390-41f8-ba6c-946169ccf1e8"
@@ -74,6 +75,31 @@ async def test_telemetry_waits_for_a_turn_and_a_stream_owed_a_setpoint_outcome_g
                 assert nothing_arrived(conn)
                 intake.release()
                 assert [r[1] for r in (await conn.inbound.receive()).rows] == [3]
+            nursery.cancel_scope.cancel()
+
+
+async def test_a_backlog_longer_than_a_turn_arrives_whole_and_in_order() -> None:
+    accept_send, accept_recv = trio.open_memory_channel[AgentConnection](1)
+    intake = trio.CapacityLimiter(1)
+    await intake.acquire()
+    n = 3 * TURN_MESSAGES + 1  # three full turns and one message more
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            port = await nursery.start(lambda task_status: serve_agents(
+                "127.0.0.1", 0, accept_send, WallClock.calibrated(), intake=intake, task_status=task_status))
+            async with grpc_dialer("127.0.0.1", port)() as agent:
+                await agent.outbound.send(Register("agent", "", SITE, BESS, ()))
+                conn = await accept_recv.receive()
+                await conn.inbound.receive()
+                for seq in range(1, n + 1):
+                    await agent.outbound.send(batch(seq))
+                await waiting_in_line(intake)
+                # every task idle a moment: the agent's pump has sent all of it and the headend's
+                # connection reader has queued it behind the first, so the turns below run full
+                await trio.testing.wait_all_tasks_blocked(cushion=0.05)
+                intake.release()
+                seqs = [(await conn.inbound.receive()).rows[0][1] for _ in range(n)]
+                assert seqs == list(range(1, n + 1))
             nursery.cancel_scope.cancel()
 
 

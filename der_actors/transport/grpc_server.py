@@ -133,20 +133,26 @@ async def _receive(stream: GRPCProtoStream, peer: str) -> pb.AgentMessage | None
 
 async def _turn(stream: GRPCProtoStream, raw: pb.AgentMessage, inbound: trio.MemorySendChannel, peer: str,
                 clock: WallClock, replies: _Replies) -> bool:
-    """One turn: hand on `raw` and the messages the stream already holds, up to TURN_MESSAGES, in one
-    step, then keep the turn across one checkpoint. False when the stream ended."""
-    for _ in range(TURN_MESSAGES):
+    """One turn: hand on `raw` and the messages the stream already holds, up to TURN_MESSAGES in all,
+    in one step, then keep the turn across one checkpoint. Never waits for the network while it
+    holds the turn. False when the stream ended."""
+    for n in range(TURN_MESSAGES):
+        if n:
+            if not message_ready(stream):
+                break
+            try:
+                raw = await receive_message(stream)  # queued already: no wait
+            except DecodeError as exc:
+                log.warning("protocol_error", peer=peer, reason=f"undecodable message: {exc}")
+                break
+            if raw is None:
+                return False
         msg = codec.received_from_pb(raw, clock.now())
         replies.received(msg)
         try:
             inbound.send_nowait(msg)
         except trio.WouldBlock:
             await inbound.send(msg)
-        if not message_ready(stream):
-            break
-        raw = await _receive(stream, peer)  # queued already: no wait
-        if raw is None:
-            return False
     await trio.lowlevel.checkpoint()
     return True
 
