@@ -3,10 +3,13 @@ outcome leaves the line, and other messages never wait (der_actors/transport/grp
 
 The test holds every turn itself (a CapacityLimiter of one, passed to `serve_agents`), so whether a
 message got through is a fact to check, not a race. Real time, bounded by fail_after; the only waits
-are for the stream's reader to reach the line.
+are for the stream's reader to reach the line and, once, for every task to go idle.
 """
 
 from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
 
 import trio
 import trio.testing
@@ -15,7 +18,7 @@ from der_actors.clock import WallClock
 from der_actors.messages import AckState, Heartbeat, Register, Setpoint, SetpointAck, Telemetry, TelemetryBatch
 from der_actors.transport.grpc_client import grpc_dialer
 from der_actors.transport.grpc_server import REPLY_PRIORITY_S, TURN_MESSAGES, _Replies, serve_agents
-from der_actors.transport.link import AgentConnection, ReceivedPoints
+from der_actors.transport.link import AgentConnection, EdgeConnection, ReceivedPoints
 
 SITE = "7e3a446b-8390-41f8-ba6c-946169ccf1e8"
 BESS = "c85e9759-8fac-40b8-ae8e-e9f6c796f8bb"
@@ -30,6 +33,21 @@ async def waiting_in_line(intake: trio.CapacityLimiter) -> None:
         await trio.sleep(0.001)
 
 
+@contextlib.asynccontextmanager
+async def registered_agent(intake: trio.CapacityLimiter) -> AsyncIterator[tuple[EdgeConnection, AgentConnection]]:
+    """A gRPC server with these turns and one agent on it, registered: (the agent's end, the headend's)."""
+    accept_send, accept_recv = trio.open_memory_channel[AgentConnection](1)
+    async with trio.open_nursery() as nursery:
+        port = await nursery.start(lambda task_status: serve_agents(
+            "127.0.0.1", 0, accept_send, WallClock.calibrated(), intake=intake, task_status=task_status))
+        async with grpc_dialer("127.0.0.1", port)() as agent:
+            await agent.outbound.send(Register("agent", "", SITE, BESS, ()))
+            conn = await accept_recv.receive()
+            assert isinstance(await conn.inbound.receive(), Register)  # not telemetry: no turn needed
+            yield agent, conn
+        nursery.cancel_scope.cancel()
+
+
 def nothing_arrived(conn: AgentConnection) -> bool:
     try:
         conn.inbound.receive_nowait()
@@ -39,68 +57,51 @@ def nothing_arrived(conn: AgentConnection) -> bool:
 
 
 async def test_telemetry_waits_for_a_turn_and_a_stream_owed_a_setpoint_outcome_goes_first() -> None:
-    accept_send, accept_recv = trio.open_memory_channel[AgentConnection](1)
     intake = trio.CapacityLimiter(1)
     await intake.acquire()  # the test holds the only turn
     with trio.fail_after(10):
-        async with trio.open_nursery() as nursery:
-            port = await nursery.start(lambda task_status: serve_agents(
-                "127.0.0.1", 0, accept_send, WallClock.calibrated(), intake=intake, task_status=task_status))
-            async with grpc_dialer("127.0.0.1", port)() as agent:
-                await agent.outbound.send(Register("agent", "", SITE, BESS, ()))
-                conn = await accept_recv.receive()
-                assert isinstance(await conn.inbound.receive(), Register)  # not telemetry: no turn needed
+        async with registered_agent(intake) as (agent, conn):
+            await agent.outbound.send(batch(1))
+            await agent.outbound.send(Heartbeat(5.0))  # behind the telemetry on the same stream
+            await waiting_in_line(intake)
+            assert nothing_arrived(conn)
 
-                await agent.outbound.send(batch(1))
-                await agent.outbound.send(Heartbeat(5.0))  # behind the telemetry on the same stream
-                await waiting_in_line(intake)
-                assert nothing_arrived(conn)
+            # A setpoint goes out on the stream: its reader leaves the line, with what is queued.
+            await conn.outbound.send(Setpoint("sp-1", BESS, SITE, 2.0))
+            first = await conn.inbound.receive()
+            assert isinstance(first, ReceivedPoints) and [r[1] for r in first.rows] == [1]
+            assert await conn.inbound.receive() == Heartbeat(5.0)
+            assert isinstance(await agent.inbound.receive(), Setpoint)
+            await agent.outbound.send(batch(2))  # still owed the outcome: goes first too
+            assert [r[1] for r in (await conn.inbound.receive()).rows] == [2]
+            await agent.outbound.send(SetpointAck("sp-1", AckState.RECEIVED))
+            assert (await conn.inbound.receive()).state is AckState.RECEIVED
+            await agent.outbound.send(SetpointAck("sp-1", AckState.APPLIED))
+            assert (await conn.inbound.receive()).state is AckState.APPLIED
 
-                # A setpoint goes out on the stream: its reader leaves the line, with what is queued.
-                await conn.outbound.send(Setpoint("sp-1", BESS, SITE, 2.0))
-                first = await conn.inbound.receive()
-                assert isinstance(first, ReceivedPoints) and [r[1] for r in first.rows] == [1]
-                assert await conn.inbound.receive() == Heartbeat(5.0)
-                assert isinstance(await agent.inbound.receive(), Setpoint)
-                await agent.outbound.send(batch(2))  # still owed the outcome: goes first too
-                assert [r[1] for r in (await conn.inbound.receive()).rows] == [2]
-                await agent.outbound.send(SetpointAck("sp-1", AckState.RECEIVED))
-                assert (await conn.inbound.receive()).state is AckState.RECEIVED
-                await agent.outbound.send(SetpointAck("sp-1", AckState.APPLIED))
-                assert (await conn.inbound.receive()).state is AckState.APPLIED
-
-                # The outcome is in: the stream's telemetry takes turns again.
-                await agent.outbound.send(batch(3))
-                await waiting_in_line(intake)
-                assert nothing_arrived(conn)
-                intake.release()
-                assert [r[1] for r in (await conn.inbound.receive()).rows] == [3]
-            nursery.cancel_scope.cancel()
+            # The outcome is in: the stream's telemetry takes turns again.
+            await agent.outbound.send(batch(3))
+            await waiting_in_line(intake)
+            assert nothing_arrived(conn)
+            intake.release()
+            assert [r[1] for r in (await conn.inbound.receive()).rows] == [3]
 
 
 async def test_a_backlog_longer_than_a_turn_arrives_whole_and_in_order() -> None:
-    accept_send, accept_recv = trio.open_memory_channel[AgentConnection](1)
     intake = trio.CapacityLimiter(1)
     await intake.acquire()
     n = 3 * TURN_MESSAGES + 1  # three full turns and one message more
     with trio.fail_after(10):
-        async with trio.open_nursery() as nursery:
-            port = await nursery.start(lambda task_status: serve_agents(
-                "127.0.0.1", 0, accept_send, WallClock.calibrated(), intake=intake, task_status=task_status))
-            async with grpc_dialer("127.0.0.1", port)() as agent:
-                await agent.outbound.send(Register("agent", "", SITE, BESS, ()))
-                conn = await accept_recv.receive()
-                await conn.inbound.receive()
-                for seq in range(1, n + 1):
-                    await agent.outbound.send(batch(seq))
-                await waiting_in_line(intake)
-                # every task idle a moment: the agent's pump has sent all of it and the headend's
-                # connection reader has queued it behind the first, so the turns below run full
-                await trio.testing.wait_all_tasks_blocked(cushion=0.05)
-                intake.release()
-                seqs = [(await conn.inbound.receive()).rows[0][1] for _ in range(n)]
-                assert seqs == list(range(1, n + 1))
-            nursery.cancel_scope.cancel()
+        async with registered_agent(intake) as (agent, conn):
+            for seq in range(1, n + 1):
+                await agent.outbound.send(batch(seq))
+            await waiting_in_line(intake)
+            # every task idle a moment: the agent's pump has sent all of it and the headend's
+            # connection reader has queued it behind the first, so the turns below run full
+            await trio.testing.wait_all_tasks_blocked(cushion=0.05)
+            intake.release()
+            seqs = [(await conn.inbound.receive()).rows[0][1] for _ in range(n)]
+            assert seqs == list(range(1, n + 1))
 
 
 async def test_an_agent_that_never_answers_loses_its_place_after_reply_priority_s(autojump_clock) -> None:
