@@ -1,7 +1,7 @@
 """The agent stream over gRPC (purerpc): each stream becomes an `AgentConnection` for a session actor.
 
-Per stream, a reader decodes agent messages into the connection's inbound channel, and a writer
-encodes what the session sends. The stream ends when either side ends: the agent closing or
+Per stream, a reader decodes agent messages into the connection's inbound channel (telemetry
+waits for one of the intake's turns, below), and a writer encodes what the session sends. The stream ends when either side ends: the agent closing or
 vanishing closes inbound (the session then ends); the session closing outbound closes the stream.
 A message that does not decode is logged and skipped; it never ends the stream or the process.
 """
@@ -105,21 +105,18 @@ async def _read(
             raw = await _receive(stream, peer)
             if raw is None:
                 return
+            waits = raw.WhichOneof("body") in _TELEMETRY and not replies.urgent
+            took = waits and await _take_turn(intake, replies)
             try:
-                if raw.WhichOneof("body") in _TELEMETRY and not replies.urgent:
-                    took = await _take_turn(intake, replies)
-                    try:
-                        if not await _turn(stream, raw, inbound, peer, clock, replies):
-                            return
-                    finally:
-                        if took:
-                            intake.release()
-                elif not await _turn(stream, raw, inbound, peer, clock, replies):
+                if not await _turn(stream, raw, inbound, peer, clock, replies):
                     return
             except codec.ProtocolError as exc:
                 log.warning("protocol_error", peer=peer, reason=str(exc))
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 return  # the session is gone
+            finally:
+                if took:
+                    intake.release()
 
 
 async def _receive(stream: GRPCProtoStream, peer: str) -> pb.AgentMessage | None:
