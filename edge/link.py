@@ -43,6 +43,7 @@ import structlog
 import trio
 
 from der_actors.backoff import Backoff
+from der_actors.channels import send_or_wait
 from der_actors.clock import WallClock
 from der_actors.messages import (
     PROTOCOL_VERSION,
@@ -343,7 +344,7 @@ class _Session:
 
     async def send(self, msg: AgentMessage) -> bool:
         try:
-            await self._conn.outbound.send(msg)
+            await send_or_wait(self._conn.outbound, msg)
         except (trio.ClosedResourceError, trio.BrokenResourceError):
             self.end("stream closed by the transport")
             return False

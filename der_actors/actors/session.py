@@ -20,6 +20,7 @@ import trio
 from der_actors.acks import merge_ranges, seq_ranges
 from der_actors.actors.asset import Connected, Disconnected
 from der_actors.actors.context import HeadendContext
+from der_actors.channels import send_or_wait
 from der_actors.messages import (
     Heartbeat,
     Register,
@@ -316,7 +317,7 @@ class Session:
 
     async def _send(self, msg: object) -> None:
         try:
-            await self.conn.outbound.send(msg)
+            await send_or_wait(self.conn.outbound, msg)
         except LINK_ERRORS:
             self._end("stream closed")
 

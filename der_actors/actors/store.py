@@ -47,6 +47,7 @@ import attrs
 import structlog
 import trio
 
+from der_actors.channels import send_or_wait
 from der_actors.storage.base import HeartbeatRow, PointRow, Storage, StorageUnavailable, WriteBatch
 from der_actors.views import DispatchView, SessionSummary
 
@@ -274,7 +275,7 @@ class StoreActor:
         refused again and keep an agent's spool from ever draining). The settler tells the listeners."""
         if points and self._settle is not None:
             self._unsettled += 1
-            await self._settle.send(points)
+            await send_or_wait(self._settle, points)  # the writer waits for its next batch anyway
 
     async def _settler(self, committed: trio.MemoryReceiveChannel[list[PointRow]]) -> None:
         async for points in committed:
