@@ -85,6 +85,16 @@ async def test_a_batch_closes_on_size_at_once_or_after_the_short_deadline(nurser
     assert (store.counters.batches, store.counters.stored_points, trio.current_time()) == (3, 23, t + 0.01)
 
 
+async def test_a_due_batch_waits_while_the_pruner_holds_the_write_lock(nursery, autojump_clock):
+    store = await nursery.start(StoreActor(MemoryStorage(), batch_rows=10, batch_delay_s=0.05).run)
+    async with store._write_lock:  # as a retention pass does
+        store.record_points([pt(BESS1, s) for s in range(1, 4)])
+        await trio.sleep(1)
+        assert (store.counters.batches, store.buffered_points) == (0, 3)
+    await trio.testing.wait_all_tasks_blocked()
+    assert (store.counters.batches, store.counters.stored_points, trio.current_time()) == (1, 3, 1.0)
+
+
 async def test_a_writer_that_fell_behind_takes_up_to_max_batch_rows_in_one_transaction(nursery, autojump_clock):
     @attrs.define
     class Recovering(MemoryStorage):

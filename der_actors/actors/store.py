@@ -37,10 +37,11 @@ Policy (the decision the issue asks for, tested in tests/test_store_actor.py):
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import TypeVar
 
 import attrs
@@ -59,6 +60,20 @@ log = structlog.get_logger("der.store")
 SETTLE_BACKLOG = 8
 
 T = TypeVar("T")
+
+
+@contextlib.asynccontextmanager
+async def _held(lock: trio.Lock) -> AsyncIterator[None]:
+    """`async with lock`, without the scheduler trip when the lock is free (the writer's usual case:
+    only the pruner takes it too), which was one round of the loop per batch."""
+    try:
+        lock.acquire_nowait()
+    except trio.WouldBlock:
+        await lock.acquire()
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 @attrs.define
@@ -104,7 +119,7 @@ class StoreActor:
     _records: WriteBatch = attrs.field(factory=WriteBatch)  # never dropped
     _in_flight: list[WriteBatch] = attrs.field(factory=list)  # taken, not yet written (or halves of it)
     _first_at: float = 0.0
-    _wakeup: trio.Event = attrs.field(factory=trio.Event)
+    _due: trio.CancelScope | None = None  # the writer's sleep until its batch is due (see _gather)
     _idle: trio.Event = attrs.field(factory=trio.Event)
     _write_lock: trio.Lock = attrs.field(factory=trio.Lock)  # the writer and the pruner take turns
     _settle: trio.MemorySendChannel[list[PointRow]] | None = None  # writer -> settler (set by run)
@@ -116,8 +131,8 @@ class StoreActor:
         self._arriving()
         self.counters.received_points += len(points)
         self._points.extend(points)
-        if len(self._points) >= self.batch_rows:
-            self._wakeup.set()  # a full batch is due now, not at its deadline
+        if len(self._points) >= self.batch_rows and self._due is not None:
+            self._due.cancel()  # a full batch is due now, not at its deadline
         self._enforce_bound()
 
     def record_dispatch(self, view: DispatchView) -> None:
@@ -133,11 +148,12 @@ class StoreActor:
         self._records.heartbeats.append(row)
 
     def _arriving(self) -> None:
-        # Only a first row wakes the writer (its batch's deadline runs from it) or a full batch (above):
-        # waking it for every arrival in between would cost a task switch per inbound message.
+        # A first row sets the batch's deadline (it runs from that row) on the writer's sleep, and a full
+        # batch (above) ends the sleep: the writer wakes once a batch, when it is due, not per arrival.
         if not self._points and not len(self._records):
             self._first_at = trio.current_time()
-            self._wakeup.set()
+            if self._due is not None:
+                self._due.deadline = self._first_at + self.batch_delay_s
 
     def _enforce_bound(self) -> None:
         overflow = len(self._points) - self.buffer_rows
@@ -185,8 +201,7 @@ class StoreActor:
         """Wait until everything recorded so far has been written and the listeners told (tests,
         shutdown)."""
         while self._points or len(self._records) or self._in_flight or self._unsettled:
-            self._idle = trio.Event()
-            self._wakeup.set()
+            self._idle = trio.Event()  # set by the writer finding nothing to write, or by the settler
             await self._idle.wait()
 
     # --- start-up ------------------------------------------------------------------------------
@@ -249,7 +264,7 @@ class StoreActor:
         while self._in_flight:
             batch = self._in_flight[0]
             try:
-                async with self._write_lock:
+                async with _held(self._write_lock):
                     new = await self._call(self.storage.write, batch)
             except StorageUnavailable:
                 self.counters.write_errors += 1
@@ -303,14 +318,15 @@ class StoreActor:
     async def _gather(self) -> None:
         """Return when a batch is due: `batch_rows` points waiting, or `batch_delay_s` after the first
         row arrived (rows left over from the last batch, or put back after a failure, are due now)."""
-        while not self._points and not len(self._records):
-            self._idle.set()
-            await self._wakeup.wait()
-            self._wakeup = trio.Event()
-        with trio.move_on_at(self._first_at + self.batch_delay_s):
-            while len(self._points) < self.batch_rows:
-                await self._wakeup.wait()
-                self._wakeup = trio.Event()
+        if len(self._points) >= self.batch_rows:
+            return
+        with trio.CancelScope() as self._due:
+            if self._points or len(self._records):
+                self._due.deadline = self._first_at + self.batch_delay_s
+            else:
+                self._idle.set()  # the deadline comes with the first row (`_arriving`)
+            await trio.sleep_forever()
+        self._due = None
 
     def _take_batch(self) -> WriteBatch:
         batch, self._records = self._records, WriteBatch()
