@@ -322,9 +322,9 @@ async def scenario_dispatch(ctx: Ctx) -> dict:
     # Passes: (name, points/s, dispatches, ticks a message). A light pass first (10% of the load,
     # fewer dispatches): the dispatch path's own latency, apart from what the load does to it. Then
     # the load merged (10 ticks a message, a batch per gateway every 5 s), a shape the headend takes
-    # at well over 100,000 points/s, so it is load and not overload. Then the live shape, last: near what the
-    # headend takes in on this machine, and past it in the VM's slow hours, when it leaves a backlog
-    # (stored < sent in its line). --quick: the target only.
+    # at well over 100,000 points/s, so it is load and not overload. Then the live shape, last: near
+    # what the headend takes in on this machine, and past it in the VM's slow hours, when it leaves a
+    # backlog (stored < sent in its line). --quick: the target only.
     merged = dict(SHAPES)["merged"]
     passes = [("target", rate, n, 1)] if ctx.quick else [
         ("light", rate // 10, n // 4, 1), ("merged", rate, n, merged), ("target", rate, n, 1)]
