@@ -2,9 +2,10 @@
 
 `await channel.send(x)` always ends with a trip through the scheduler, even when the buffer has
 room: trio's fairness checkpoint. A loop that blocks on its next receive or event anyway (the
-session's ack, heartbeat and command loops, the edge's delivery, the store's writer) pays that
-trip for nothing, once per message: in the seven-day run it was a quarter of all task steps
-(33.1 -> 25.5 a tick, counted with a trio Instrument).
+session's ack, heartbeat and command loops, the edge's delivery, the store's writer) or checkpoints
+once after a run of sends (a gRPC intake turn) pays that trip for nothing, once per message: in the
+seven-day run it was a quarter of all task steps (33.1 -> 25.5 a tick, counted with a trio
+Instrument).
 """
 
 from __future__ import annotations

@@ -1,8 +1,9 @@
 """The agent stream over gRPC (purerpc): each stream becomes an `AgentConnection` for a session actor.
 
 Per stream, a reader decodes agent messages into the connection's inbound channel (telemetry
-waits for one of the intake's turns, below), and a writer encodes what the session sends. The stream ends when either side ends: the agent closing or
-vanishing closes inbound (the session then ends); the session closing outbound closes the stream.
+waits for one of the intake's turns, below), and a writer encodes what the session sends. The
+stream ends when either side ends: the agent closing or vanishing closes inbound (the session then
+ends); the session closing outbound closes the stream.
 A message that does not decode is logged and skipped; it never ends the stream or the process.
 """
 
@@ -15,6 +16,7 @@ import structlog
 import trio
 from google.protobuf.message import DecodeError
 
+from der_actors.channels import send_or_wait
 from der_actors.clock import WallClock
 from der_actors.messages import AckState, Setpoint, SetpointAck
 from der_actors.transport import codec
@@ -146,10 +148,7 @@ async def _turn(stream: GRPCProtoStream, raw: pb.AgentMessage, inbound: trio.Mem
                 return False
         msg = codec.received_from_pb(raw, clock.now())
         replies.received(msg)
-        try:
-            inbound.send_nowait(msg)
-        except trio.WouldBlock:
-            await inbound.send(msg)
+        await send_or_wait(inbound, msg)
     await trio.lowlevel.checkpoint()
     return True
 
