@@ -42,8 +42,8 @@ import attrs
 import structlog
 import trio
 
+from der_actors.actors.channels import send_or_wait
 from der_actors.backoff import Backoff
-from der_actors.channels import send_or_wait
 from der_actors.clock import WallClock
 from der_actors.messages import (
     PROTOCOL_VERSION,

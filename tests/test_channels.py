@@ -6,7 +6,7 @@ import pytest
 import trio
 import trio.testing
 
-from der_actors.channels import send_or_wait
+from der_actors.actors.channels import send_or_wait
 
 
 async def test_a_send_with_room_is_not_a_checkpoint_and_a_full_buffer_waits(autojump_clock):

@@ -19,8 +19,8 @@ import trio
 
 from der_actors.acks import merge_ranges, seq_ranges
 from der_actors.actors.asset import Connected, Disconnected
+from der_actors.actors.channels import send_or_wait
 from der_actors.actors.context import HeadendContext
-from der_actors.channels import send_or_wait
 from der_actors.messages import (
     Heartbeat,
     Register,

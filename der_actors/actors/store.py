@@ -48,7 +48,7 @@ import attrs
 import structlog
 import trio
 
-from der_actors.channels import send_or_wait
+from der_actors.actors.channels import send_or_wait
 from der_actors.storage.base import HeartbeatRow, PointRow, Storage, StorageUnavailable, WriteBatch
 from der_actors.views import DispatchView, SessionSummary
 

@@ -16,7 +16,7 @@ import structlog
 import trio
 from google.protobuf.message import DecodeError
 
-from der_actors.channels import send_or_wait
+from der_actors.actors.channels import send_or_wait
 from der_actors.clock import WallClock
 from der_actors.messages import AckState, Setpoint, SetpointAck
 from der_actors.transport import codec
