@@ -194,7 +194,8 @@ async def ingest_once(ctx: Ctx, workdir: str, inv: str, sites: list[GenSite], ur
             await wait_until(lambda: fleet.n_registered == fleet.size, 120, "gateways registered")
             rss0 = headend.rss_kb()
             if ctx.profile_dir:
-                profiler = profiling.start(ctx.cleanup, headend.pid, ctx.profile_dir, f"ingest-{engine}-run{ctx.run}")
+                profiler = profiling.start(ctx.cleanup, headend.pid, ctx.profile_dir,
+                                           f"ingest-{engine}{'' if ticks_per_message == 1 else '-merged'}-run{ctx.run}")
             cpu = CpuWindow({"headend": headend.pid}, count_postgres=engine == "postgres")
             t0 = time.perf_counter()
             fleet.flood_until = t0 + ctx.flood_s
