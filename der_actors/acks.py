@@ -7,15 +7,18 @@ generic tuple-merging version was 8% of the headend's trio thread).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 from der_actors.messages import SeqRange
 
 
-def seq_ranges(keys: Iterable[tuple[str, int]]) -> dict[str, list[SeqRange]]:
-    """(asset_id, seq) pairs -> per asset, the fewest inclusive ranges covering them, ascending."""
+def seq_ranges(keys: Iterable[Sequence]) -> dict[str, list[SeqRange]]:
+    """(asset_id, seq) pairs, or any sequences that begin with them (the store's `PointRow`s: no pair
+    is built per point) -> per asset, the fewest inclusive ranges covering them, ascending."""
     by_asset: dict[str, list[int]] = {}
-    for asset_id, seq in keys:
+    for key in keys:
+        asset_id = key[0]
+        seq = key[1]
         seqs = by_asset.get(asset_id)
         if seqs is None:
             by_asset[asset_id] = [seq]

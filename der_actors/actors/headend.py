@@ -68,8 +68,7 @@ async def run_headend(
         # would only slow a MockClock run down
         ctx = HeadendContext(config, inventory, clock, assets, directory, store, dispatches, LagWindow())
         dispatches.ctx = ctx
-        # a PointRow begins (asset_id, seq)
-        store.stored_listeners.append(lambda points: acknowledge_stored(ctx, [(p[0], p[1]) for p in points]))
+        store.stored_listeners.append(lambda points: acknowledge_stored(ctx, points))
         await resume_dispatches(store, dispatches)
         await nursery.start(run_session_manager, ctx, accept_recv)
         task_status.started(Headend(ctx, accept_send))
