@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import uuid
 from collections import defaultdict
+from collections.abc import Sequence
 
 import attrs
 import structlog
@@ -122,6 +123,7 @@ class Session:
     _warned: set[str] = attrs.field(factory=set)
     _end_reason: str = ""
     _stop: trio.CancelScope | None = None
+    _heard_at: float = 0.0  # trio time of the last message from the agent
 
     # --- lifecycle -----------------------------------------------------------------------------
 
@@ -193,6 +195,8 @@ class Session:
             nursery.start_soon(self._commands_loop)
             nursery.start_soon(self._ack_loop)
             nursery.start_soon(self._heartbeat_loop)
+            self._heard_at = trio.current_time()
+            nursery.start_soon(self._stale_watch)
             reason = await self._inbound_loop()
             nursery.cancel_scope.cancel()
         return self._end_reason or reason
@@ -222,17 +226,23 @@ class Session:
     # --- the loops -----------------------------------------------------------------------------
 
     async def _inbound_loop(self) -> str:
+        while True:
+            try:
+                msg = await self.conn.inbound.receive()
+            except trio.EndOfChannel:
+                return "stream closed by agent"
+            self._heard_at = trio.current_time()
+            self.handle.last_seen = self.ctx.clock.now()
+            await self._on_message(msg)
+
+    async def _stale_watch(self) -> None:
+        """End the session once the agent has been silent for the heartbeat timeout. A timer of its
+        own, re-armed only when it falls due: moving a cancel scope's deadline at every message
+        was ~4 % of the headend's intake (trio re-sorts its deadlines for each move)."""
         timeout = self.ctx.config.heartbeat_timeout_s
-        with trio.CancelScope(deadline=trio.current_time() + timeout) as stale:
-            while True:
-                try:
-                    msg = await self.conn.inbound.receive()
-                except trio.EndOfChannel:
-                    return "stream closed by agent"
-                stale.deadline = trio.current_time() + timeout
-                self.handle.last_seen = self.ctx.clock.now()
-                await self._on_message(msg)
-        return f"stale: no message for {timeout:g} s"
+        while (due := self._heard_at + timeout) > trio.current_time():
+            await trio.sleep_until(due)
+        self._end(f"stale: no message for {timeout:g} s")
 
     async def _on_message(self, msg: object) -> None:
         if isinstance(msg, ReceivedPoints):
@@ -322,8 +332,9 @@ class Session:
             self._end("stream closed")
 
 
-def acknowledge_stored(ctx: HeadendContext, keys: list[tuple[str, int]]) -> None:
-    """The store committed these (asset_id, seq): tell each asset's serving session (store hook)."""
+def acknowledge_stored(ctx: HeadendContext, keys: Sequence[Sequence]) -> None:
+    """The store committed these points (`PointRow`s, or (asset_id, seq) pairs): tell each asset's
+    serving session (store hook)."""
     by_session: dict[str, list[SeqRange]] = defaultdict(list)
     owners = ctx.directory.owners
     for asset_id, ranges in seq_ranges(keys).items():
