@@ -81,8 +81,7 @@ def new_headend() -> Headend:
 
 
 async def ack(conn: AgentConnection, points: tuple[Telemetry, ...]) -> None:
-    ranges = seq_ranges((p.asset_id, p.seq) for p in points)
-    await conn.outbound.send(TelemetryAck(tuple(r for rs in ranges.values() for r in rs)))
+    await conn.outbound.send(TelemetryAck(tuple(seq_ranges((p.asset_id, p.seq) for p in points))))
 
 
 async def batches_until(conn: AgentConnection, until: float, *, acking: bool = True) -> list[tuple[float, TelemetryBatch]]:

@@ -197,15 +197,33 @@ def test_backoff_after_refused_dials_stays_under_the_refused_cap():
 # --- telemetry acks ----------------------------------------------------------------------------
 
 
-def test_merge_ranges_joins_overlapping_and_adjacent_ranges_per_asset():
-    from der_actors.acks import merge_ranges
+def test_pending_acks_join_overlapping_and_adjacent_seqs_per_asset():
+    from der_actors.acks import PendingAcks
     from der_actors.messages import SeqRange
 
-    got = merge_ranges([SeqRange("a", 4, 6), SeqRange("b", 1, 1), SeqRange("a", 1, 3), SeqRange("a", 5, 9),
-                        SeqRange("a", 11, 12), SeqRange("b", 3, 3)])
-    assert got == (SeqRange("a", 1, 9), SeqRange("a", 11, 12), SeqRange("b", 1, 1), SeqRange("b", 3, 3))
-    # one range per asset: kept as they came
-    assert merge_ranges([SeqRange("b", 5, 6), SeqRange("a", 1, 1)]) == (SeqRange("b", 5, 6), SeqRange("a", 1, 1))
+    pending = PendingAcks()
+    assert not pending
+    pending.add("a", [4, 5, 6])
+    pending.add("b", [1])
+    pending.add("a", [1, 2, 3])
+    pending.add("a", [5, 6, 7, 8, 9, 11, 12])
+    pending.add("b", [3])
+    assert pending
+    assert pending.take() == [SeqRange("a", 1, 9), SeqRange("a", 11, 12), SeqRange("b", 1, 1), SeqRange("b", 3, 3)]
+    assert not pending and pending.take() == []
+
+
+def test_pending_acks_of_an_agent_that_never_reads_stay_one_span_per_gap():
+    from der_actors.acks import SPANS_JOINED_AT, PendingAcks
+    from der_actors.messages import SeqRange
+
+    pending = PendingAcks()
+    n = 10 * SPANS_JOINED_AT
+    for seq in range(n, 0, -1):  # newest first: no span grows in place
+        pending.add("a", [seq])
+        assert len(pending._spans["a"]) <= SPANS_JOINED_AT
+    pending.add("a", [n + 2])  # one gap
+    assert pending.take() == [SeqRange("a", 1, n), SeqRange("a", n + 2, n + 2)]
 
 
 def test_seq_ranges_compress_each_assets_seqs():
@@ -213,4 +231,6 @@ def test_seq_ranges_compress_each_assets_seqs():
     from der_actors.messages import SeqRange
 
     got = seq_ranges([("a", 3), ("b", 1), ("a", 1), ("a", 2), ("a", 7), ("a", 7), ("a", 5), ("a", 6)])
-    assert got == {"a": [SeqRange("a", 1, 3), SeqRange("a", 5, 7)], "b": [SeqRange("b", 1, 1)]}
+    assert got == [SeqRange("a", 1, 3), SeqRange("a", 5, 7), SeqRange("b", 1, 1)]
+    # the store's rows: (asset_id, seq, ...) read in place
+    assert seq_ranges([("a", 2, 0.0, "x"), ("a", 1, 0.0, "y")]) == [SeqRange("a", 1, 2)]

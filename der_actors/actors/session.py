@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import math
 import uuid
-from collections import defaultdict
 from collections.abc import Sequence
 
 import attrs
 import structlog
 import trio
 
-from der_actors.acks import merge_ranges, seq_ranges
+from der_actors.acks import PendingAcks, seqs_by_asset
 from der_actors.actors.asset import Connected, Disconnected
 from der_actors.actors.channels import send_or_wait
 from der_actors.actors.context import HeadendContext
@@ -29,7 +28,6 @@ from der_actors.messages import (
     Rejection,
     Setpoint,
     SetpointAck,
-    SeqRange,
     Telemetry,
     TelemetryAck,
     TelemetryBatch,
@@ -51,8 +49,6 @@ COMMAND_INBOX = 1024
 # per commit cost as much as the telemetry it acknowledged. The first ack after a quiet spell goes
 # at once, so an agent sending every few seconds sees no added delay.
 ACK_INTERVAL_S = 0.25
-# Coalesced ranges are merged once the pending list passes this (an agent not reading its stream).
-ACK_MERGE_AT = 1024
 LINK_ERRORS = (trio.BrokenResourceError, trio.ClosedResourceError)
 
 
@@ -69,7 +65,7 @@ class _Close:
 
 class SessionHandle:
     """Others' view of a session. Attributes are written by the session actor only, except the ack
-    queue (`acks_pending`, `ack_due`), which `ack_telemetry` fills for the session's ack loop."""
+    queue (`acks_pending`, `ack_due`), which `ack_stored` fills for the session's ack loop."""
 
     def __init__(self, session_id: str, peer: str, commands: trio.MemorySendChannel) -> None:
         self.session_id = session_id
@@ -80,7 +76,7 @@ class SessionHandle:
         self.last_seen = 0.0
         self.points = 0
         self.ignored_points = 0
-        self.acks_pending: list[SeqRange] = []  # stored, not yet acknowledged (see ACK_INTERVAL_S)
+        self.acks_pending = PendingAcks()  # stored, not yet acknowledged (see ACK_INTERVAL_S)
         self.ack_due = trio.Event()
 
     def send_setpoint(self, setpoint: Setpoint) -> bool:
@@ -91,11 +87,9 @@ class SessionHandle:
         except (trio.WouldBlock, *LINK_ERRORS):
             return False
 
-    def ack_telemetry(self, ranges: tuple[SeqRange, ...]) -> None:
-        """Tell the agent these points are stored (in the session's next TelemetryAck)."""
-        self.acks_pending.extend(ranges)
-        if len(self.acks_pending) > ACK_MERGE_AT:
-            self.acks_pending = list(merge_ranges(self.acks_pending))
+    def ack_stored(self, asset_id: str, seqs: list[int]) -> None:
+        """Tell the agent these points of the asset are stored (in the session's next TelemetryAck)."""
+        self.acks_pending.add(asset_id, seqs)
         self.ack_due.set()
 
     def lost_asset(self, asset_id: str, reason: str) -> None:
@@ -316,8 +310,7 @@ class Session:
             if trio.current_time() < next_at:
                 await trio.sleep_until(next_at)  # gather what else is stored meanwhile into this ack
             handle.ack_due = trio.Event()
-            ranges, handle.acks_pending = handle.acks_pending, []
-            await self._send(TelemetryAck(merge_ranges(ranges)))
+            await self._send(TelemetryAck(tuple(handle.acks_pending.take())))
             next_at = trio.current_time() + ACK_INTERVAL_S
 
     async def _heartbeat_loop(self) -> None:
@@ -335,16 +328,12 @@ class Session:
 def acknowledge_stored(ctx: HeadendContext, keys: Sequence[Sequence]) -> None:
     """The store committed these points (`PointRow`s, or (asset_id, seq) pairs): tell each asset's
     serving session (store hook)."""
-    by_session: dict[str, list[SeqRange]] = defaultdict(list)
-    owners = ctx.directory.owners
-    for asset_id, ranges in seq_ranges(keys).items():
+    owners, sessions = ctx.directory.owners, ctx.directory.sessions
+    for asset_id, seqs in seqs_by_asset(keys).items():
         session_id = owners.get(asset_id)
-        if session_id is not None:
-            by_session[session_id].extend(ranges)
-    for session_id, ranges in by_session.items():
-        session = ctx.directory.sessions.get(session_id)
+        session = sessions.get(session_id) if session_id is not None else None
         if session is not None:
-            session.ack_telemetry(tuple(ranges))
+            session.ack_stored(asset_id, seqs)
 
 
 async def run_session(ctx: HeadendContext, conn: AgentConnection) -> None:
