@@ -48,9 +48,6 @@ class PendingAcks:
     def __init__(self) -> None:
         self._spans: dict[str, list[tuple[int, int]]] = {}
 
-    def __bool__(self) -> bool:
-        return bool(self._spans)
-
     def add(self, asset_id: str, seqs: list[int]) -> None:
         """These seqs of the asset are stored (in any order; repeats are harmless)."""
         spans = self._spans.get(asset_id)

@@ -19,7 +19,7 @@ import trio
 
 from der_actors.acks import PendingAcks, seqs_by_asset
 from der_actors.actors.asset import Connected, Disconnected
-from der_actors.actors.channels import send_or_wait
+from der_actors.actors.channels import receive_or_wait, send_or_wait
 from der_actors.actors.context import HeadendContext
 from der_actors.messages import (
     Heartbeat,
@@ -222,7 +222,7 @@ class Session:
     async def _inbound_loop(self) -> str:
         while True:
             try:
-                msg = await self.conn.inbound.receive()
+                msg = await receive_or_wait(self.conn.inbound)
             except trio.EndOfChannel:
                 return "stream closed by agent"
             self._heard_at = trio.current_time()

@@ -162,7 +162,7 @@ class _Socket(GRPCProtoSocket):
             except (anyio.EndOfStream, anyio.BrokenResourceError):
                 return
             events = self._grpc_connection.receive_data(data)
-            await self._socket.flush()
+            self._socket.wake()
             for event in events:
                 if isinstance(event, WindowUpdated):
                     if event.stream_id == 0:
