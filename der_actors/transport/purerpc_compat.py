@@ -32,10 +32,21 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import anyio
 import anyio.abc
 import h2.events
+import hyperframe.frame
 import trio
 
 if not hasattr(h2.events, "PingAcknowledged"):  # h2 >= 4: renamed
     h2.events.PingAcknowledged = h2.events.PingAckReceived  # type: ignore[attr-defined]
+
+
+def _data_frame_body_repr(frame: hyperframe.frame.DataFrame) -> str:
+    return hyperframe.frame._raw_data_repr(bytes(frame.data[:11]))  # the text it showed: 10 bytes in hex
+
+
+# h2 formats `repr(frame)` of every frame it receives, for a trace log, whether or not anything logs.
+# hyperframe's DATA frame repr re-serialises the frame's body and turns all of it into hex to show
+# the first 10 bytes: ~2.5 us a message, ~1.5 % of the headend's intake. Same text, from 11 bytes.
+hyperframe.frame.DataFrame._body_repr = _data_frame_body_repr  # type: ignore[method-assign]
 
 from purerpc.grpc_proto import GRPCProtoSocket, GRPCProtoStream  # noqa: E402
 from purerpc.grpc_socket import SocketWrapper  # noqa: E402
