@@ -16,7 +16,7 @@ And the per-message costs, measured under the ingest benchmark (bench/): purerpc
 writer task after every received chunk and every received message, nearly always to find nothing
 to send; it yielded to the scheduler when queueing each received event into a stream's unbounded
 buffer, and again when taking one that was already there (an anyio memory stream, which on trio
-also waits through an anyio event); and a message went through three coroutines on its way out.
+also waits through an anyio event); and a message went through three coroutines to its reader.
 Each is cut here without changing what goes on the wire: the transport sink (bench/sink.py) decodes
 twice the points a second it did.
 """
@@ -38,16 +38,6 @@ import trio
 if not hasattr(h2.events, "PingAcknowledged"):  # h2 >= 4: renamed
     h2.events.PingAcknowledged = h2.events.PingAckReceived  # type: ignore[attr-defined]
 
-
-def _data_frame_body_repr(frame: hyperframe.frame.DataFrame) -> str:
-    return hyperframe.frame._raw_data_repr(bytes(frame.data[:11]))  # the text it showed: 10 bytes in hex
-
-
-# h2 formats `repr(frame)` of every frame it receives, for a trace log, whether or not anything logs.
-# hyperframe's DATA frame repr re-serialises the frame's body and turns all of it into hex to show
-# the first 10 bytes: ~2.5 us a message, ~1.5 % of the headend's intake. Same text, from 11 bytes.
-hyperframe.frame.DataFrame._body_repr = _data_frame_body_repr  # type: ignore[method-assign]
-
 from purerpc.grpc_proto import GRPCProtoSocket, GRPCProtoStream  # noqa: E402
 from purerpc.grpc_socket import SocketWrapper  # noqa: E402
 from purerpc.grpclib.config import GRPCConfiguration  # noqa: E402
@@ -60,6 +50,8 @@ from purerpc.grpclib.events import (  # noqa: E402
     WindowUpdated,
 )
 from purerpc.grpclib.status import Status, StatusCode  # noqa: E402
+
+from der_actors.actors.channels import receive_or_wait  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +69,16 @@ def _stream_reset(self: GRPCConnection, event: h2.events.StreamReset) -> list:
 
 
 GRPCConnection._stream_reset = _stream_reset  # type: ignore[method-assign]
+
+
+def _data_frame_body_repr(frame: hyperframe.frame.DataFrame) -> str:
+    return hyperframe.frame._raw_data_repr(bytes(frame.data[:11]))  # the text it showed: 10 bytes in hex
+
+
+# h2 formats `repr(frame)` of every frame it receives, for a trace log, whether or not anything logs.
+# hyperframe's DATA frame repr re-serialises the frame's body and turns all of it into hex to show
+# the first 10 bytes: ~2.5 us a message, ~1.5 % of the headend's intake. Same text, from 11 bytes.
+hyperframe.frame.DataFrame._body_repr = _data_frame_body_repr  # type: ignore[method-assign]
 
 
 class _SocketWriter(SocketWrapper):
@@ -108,7 +110,7 @@ class _SocketWriter(SocketWrapper):
 
 class _Stream(GRPCProtoStream):
     """Received events queue in a trio channel (purerpc's anyio memory stream costs more per item
-    on trio), and `receive_message` takes, acknowledges and parses a message in one frame."""
+    on trio), and `receive_message` takes, acknowledges and parses a message in one coroutine."""
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
@@ -127,22 +129,15 @@ class _Stream(GRPCProtoStream):
             self._start_stream_event = event
 
     async def _receive(self):
-        try:  # an event already queued is taken without a trip through the scheduler
-            event = self._incoming_events[1].receive_nowait()
-        except trio.WouldBlock:
-            event = await self._incoming_events[1].receive()
+        event = await receive_or_wait(self._incoming_events[1])  # one queued: no scheduler trip
         self._take(event)
         return event
 
     async def receive_message(self):
         """purerpc's receive_message, receive_event and _receive in one coroutine (this runs for
         every message): the next message parsed, or None once the stream has ended."""
-        events = self._incoming_events[1]
         while True:
-            try:
-                event = events.receive_nowait()
-            except trio.WouldBlock:
-                event = await events.receive()
+            event = await receive_or_wait(self._incoming_events[1])
             self._take(event)
             if isinstance(event, MessageReceived):
                 message = self._incoming_message_type()
