@@ -31,15 +31,6 @@ def seqs_by_asset(keys: Iterable[Sequence]) -> dict[str, list[int]]:
     return by_asset
 
 
-def seq_ranges(keys: Iterable[Sequence]) -> list[SeqRange]:
-    """(asset_id, seq) pairs -> the fewest inclusive ranges covering them: by asset in first-seen
-    order, each ascending."""
-    pending = PendingAcks()
-    for asset_id, seqs in seqs_by_asset(keys).items():
-        pending.add(asset_id, seqs)
-    return pending.take()
-
-
 class PendingAcks:
     """One session's stored seqs not yet acknowledged, per asset as (first, last) spans of ints."""
 

@@ -16,7 +16,7 @@ import pytest
 import trio
 import trio.testing
 
-from der_actors.acks import seq_ranges
+from der_actors.acks import PendingAcks, seqs_by_asset
 from der_actors.clock import WallClock
 from der_actors.inventory import load_inventory
 from der_actors.messages import (
@@ -81,7 +81,10 @@ def new_headend() -> Headend:
 
 
 async def ack(conn: AgentConnection, points: tuple[Telemetry, ...]) -> None:
-    await conn.outbound.send(TelemetryAck(tuple(seq_ranges((p.asset_id, p.seq) for p in points))))
+    pending = PendingAcks()
+    for asset_id, seqs in seqs_by_asset((p.asset_id, p.seq) for p in points).items():
+        pending.add(asset_id, seqs)
+    await conn.outbound.send(TelemetryAck(tuple(pending.take())))
 
 
 async def batches_until(conn: AgentConnection, until: float, *, acking: bool = True) -> list[tuple[float, TelemetryBatch]]:

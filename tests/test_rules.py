@@ -224,11 +224,14 @@ def test_pending_acks_of_an_agent_that_never_reads_stay_one_span_per_gap():
     assert pending.take() == [SeqRange("a", 1, n), SeqRange("a", n + 2, n + 2)]
 
 
-def test_seq_ranges_compress_each_assets_seqs():
-    from der_actors.acks import seq_ranges
+def test_committed_rows_become_each_sessions_fewest_ranges():
+    from der_actors.acks import PendingAcks, seqs_by_asset
     from der_actors.messages import SeqRange
 
-    got = seq_ranges([("a", 3), ("b", 1), ("a", 1), ("a", 2), ("a", 7), ("a", 7), ("a", 5), ("a", 6)])
-    assert got == [SeqRange("a", 1, 3), SeqRange("a", 5, 7), SeqRange("b", 1, 1)]
-    # the store's rows: (asset_id, seq, ...) read in place
-    assert seq_ranges([("a", 2, 0.0, "x"), ("a", 1, 0.0, "y")]) == [SeqRange("a", 1, 2)]
+    # (asset_id, seq) pairs, or the store's rows (asset_id, seq, ...) read in place
+    keys = [("a", 3), ("b", 1), ("a", 1), ("a", 2, 0.0, "x"), ("a", 7), ("a", 7), ("a", 5), ("a", 6)]
+    assert seqs_by_asset(keys) == {"a": [3, 1, 2, 7, 7, 5, 6], "b": [1]}
+    pending = PendingAcks()
+    for asset_id, seqs in seqs_by_asset(keys).items():
+        pending.add(asset_id, seqs)
+    assert pending.take() == [SeqRange("a", 1, 3), SeqRange("a", 5, 7), SeqRange("b", 1, 1)]

@@ -302,7 +302,9 @@ class _Dispatch:
                 if state_changed:
                     _log(self.view)
         if not self.view.lifecycle.state.terminal:
-            self._to(DispatchState.FAILED, f"no outcome from the agent within {timeout:g} s")
+            self.view = fail_unanswered(self.view, self.ctx.clock.now(), timeout)
+            _log(self.view)
+            self._publish()
 
 
 async def run_dispatch(
