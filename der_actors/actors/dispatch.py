@@ -236,8 +236,12 @@ class _Dispatch:
 
     def _to(self, state: DispatchState, reason: str = "") -> None:
         lc = self.view.lifecycle.to(state, self.ctx.clock.now(), reason)
-        self.view = attrs.evolve(self.view, lifecycle=lc, message=reason or self.view.message)
-        _log(self.view)
+        self._became(attrs.evolve(self.view, lifecycle=lc, message=reason or self.view.message))
+
+    def _became(self, view: DispatchView) -> None:
+        """A new state: logged, published and stored."""
+        self.view = view
+        _log(view)
         self._publish()
 
     async def run(self, inbox_send: trio.MemorySendChannel, plan: Plan | None, task_status) -> None:
@@ -302,9 +306,7 @@ class _Dispatch:
                 if state_changed:
                     _log(self.view)
         if not self.view.lifecycle.state.terminal:
-            self.view = fail_unanswered(self.view, self.ctx.clock.now(), timeout)
-            _log(self.view)
-            self._publish()
+            self._became(fail_unanswered(self.view, self.ctx.clock.now(), timeout))
 
 
 async def run_dispatch(
