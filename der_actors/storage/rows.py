@@ -35,9 +35,14 @@ def _value(v: object) -> str:
     return _dumps(v)
 
 
+def _template(kind: str, names: list[str], conversion: str) -> str:
+    """The details' JSON with a `%` conversion per field (no "%" in these names)."""
+    return '{"kind":' + _dumps(kind) + "".join(f',"{n}":%{conversion}' for n in names) + "}"
+
+
 def _details_writer(kind: str, cls: type) -> Callable[[object], str]:
     names = [f.name for f in attrs.fields(cls)]
-    template = '{"kind":' + _dumps(kind) + "".join(f',"{n}":%s' for n in names) + "}"  # no "%" in these names
+    template = _template(kind, names, "s")
     get = operator.attrgetter(*names)
     if len(names) == 1:
         return lambda d: template % _value(get(d))
@@ -53,7 +58,7 @@ def _wire_details_writer(kind: str, cls: type) -> Callable[[object], str]:
     if len(fields) < 2 or any(f.type is not float for f in fields):
         return checked
     names = [f.name for f in fields]
-    template = '{"kind":' + _dumps(kind) + "".join(f',"{n}":%r' for n in names) + "}"
+    template = _template(kind, names, "r")
     get = operator.attrgetter(*names)  # a tuple (two names or more)
     isfinite = math.isfinite
 
