@@ -1,9 +1,10 @@
 """The agent stream over gRPC (purerpc): each stream becomes an `AgentConnection` for a session actor.
 
-Per stream, a reader decodes agent messages into the connection's inbound channel (telemetry
-waits for one of the intake's turns, below), and a writer encodes what the session sends. The
-stream ends when either side ends: the agent closing or vanishing closes inbound (the session then
-ends); the session closing outbound closes the stream.
+Per stream, a reader (`_AgentReader`, run by the connection's reader: no task of its own) decodes
+agent messages into the connection's inbound channel (telemetry waits for one of the intake's
+turns, below), and a writer task encodes what the session sends. The stream ends when either side
+ends: the agent closing or vanishing closes inbound (the session then ends); the session closing
+outbound closes the stream.
 A message that does not decode is logged and skipped; it never ends the stream or the process.
 """
 
@@ -26,9 +27,9 @@ from der_actors.transport.purerpc_compat import (
     GRPCProtoStream,
     Status,
     StatusCode,
-    message_ready,
-    receive_message,
-    serve_grpc,
+    StreamConsumer,
+    StreamOpener,
+    serve_grpc_consumers,
 )
 
 log = structlog.get_logger("der.grpc")
@@ -38,11 +39,11 @@ METHOD = "Stream"
 
 
 # Telemetry intake takes turns. At most INTAKE_TURNS streams hold one at once; a turn hands on the
-# message that asked for it and what its stream holds already (up to TURN_MESSAGES) in one step, and
-# is held across one checkpoint, so a scheduler round does at most 16 x 8 messages of intake. The
-# other streams wait in line, their bytes unacknowledged, so HTTP/2 flow control holds their agents
-# back once a stream's window is full (the edge spools), and their messages pile up: the next turn
-# takes more of them at once. A turn blocked on a full session inbox keeps its turn meanwhile.
+# message that asked for it and those read with it (up to TURN_MESSAGES) in one step, and is held
+# across one checkpoint, so a scheduler round does at most 16 x 8 messages of intake. The other
+# streams wait in line with their connection's reader, so their bytes wait in TCP and hold their
+# agents back (the edge spools), and their messages pile up: the next read takes more of them at
+# once. A turn blocked on a full session inbox keeps its turn meanwhile.
 # Measured (`bench --only ingest`, 1,000 streams, SQLite): live 38k -> 66-74k points/s stored, merged
 # 115k -> 148-164k. Without turns a round was 1,000 streams' decodes, which every hop of a dispatch
 # waited for. Messages that are not telemetry never wait in line.
@@ -79,78 +80,124 @@ class _Replies:
         return self.owed > 0 and trio.current_time() < self._until
 
 
-def stream_handler(accept: trio.MemorySendChannel[AgentConnection], clock: WallClock, intake: trio.CapacityLimiter):
-    async def handle(stream: GRPCProtoStream, request, peer: str) -> None:
+def agent_streams(accept: trio.MemorySendChannel[AgentConnection], clock: WallClock,
+                  intake: trio.CapacityLimiter) -> StreamOpener:
+    """Opens each AgentLink.Stream: its reader (`_AgentReader`, run by the connection's reader) and
+    its writer task, which first hands the session manager its `AgentConnection`."""
+
+    def open_stream(stream: GRPCProtoStream, request, peer: str, nursery: trio.Nursery) -> StreamConsumer:
         if request.service_name != SERVICE or request.method_name != METHOD:
-            await stream.close(Status(StatusCode.UNIMPLEMENTED, f"{request.service_name}/{request.method_name}"))
-            return
-        stream.expect_message_type(pb.AgentMessage)
+            nursery.start_soon(_refuse, stream, f"{request.service_name}/{request.method_name}")
+            return _Discard()
         inbound_send, inbound_recv = trio.open_memory_channel(LINK_BUFFER)
         outbound_send, outbound_recv = trio.open_memory_channel(LINK_BUFFER)
-        async with inbound_send, outbound_recv:
-            await accept.send(AgentConnection(peer, inbound_recv, outbound_send))
-            replies = _Replies()
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(_read, stream, inbound_send, peer, clock, intake, replies)
-                await _write(stream, outbound_recv, replies)
-                nursery.cancel_scope.cancel()
+        replies = _Replies()
+        reader = _AgentReader(inbound_send, peer, clock, intake, replies)
+        conn = AgentConnection(peer, inbound_recv, outbound_send)
+        nursery.start_soon(_serve_outbound, stream, accept, conn, outbound_recv, replies, reader)
+        return reader
 
-    return handle
+    return open_stream
 
 
-async def _read(
-    stream: GRPCProtoStream, inbound: trio.MemorySendChannel, peer: str, clock: WallClock,
-    intake: trio.CapacityLimiter, replies: _Replies,
-) -> None:
-    async with inbound:
-        while True:
-            raw = await _receive(stream, peer)
-            if raw is None:
-                return
-            waits = raw.WhichOneof("body") in _TELEMETRY and not replies.urgent
-            took = waits and await _take_turn(intake, replies)
+class _Discard:
+    """The consumer of a stream we refused: its messages go nowhere."""
+
+    async def received(self, payloads: list[bytes]) -> None:
+        pass
+
+    def ended(self) -> None:
+        pass
+
+
+async def _refuse(stream: GRPCProtoStream, what: str) -> None:
+    with contextlib.suppress(Exception):
+        await stream.start_response()
+        await stream.close(Status(StatusCode.UNIMPLEMENTED, what))
+
+
+class _AgentReader:
+    """The agent stream's inbound half. Its connection's reader hands it the messages it read, in
+    order: each is decoded (`codec.received_from_pb`) into the session's inbound channel, telemetry
+    in one of the intake's turns. No task of its own: its waits (for a turn, for room in the
+    session's inbox) hold the connection's reader, so the agent's bytes wait in TCP meanwhile.
+    A message that does not decode is logged and skipped."""
+
+    def __init__(self, inbound: trio.MemorySendChannel, peer: str, clock: WallClock,
+                 intake: trio.CapacityLimiter, replies: _Replies) -> None:
+        self._inbound = inbound
+        self._peer = peer
+        self._clock = clock
+        self._intake = intake
+        self._replies = replies
+        self._closed = False
+        self._delivering: trio.CancelScope | None = None
+
+    async def received(self, payloads: list[bytes]) -> None:
+        if self._closed:
+            return
+        with trio.CancelScope() as self._delivering:  # close() cuts a wait short
             try:
-                if not await _turn(stream, raw, inbound, peer, clock, replies):
-                    return
-            except codec.ProtocolError as exc:
-                log.warning("protocol_error", peer=peer, reason=str(exc))
+                for i in range(0, len(payloads), TURN_MESSAGES):
+                    await self._turn(payloads[i:i + TURN_MESSAGES])
             except (trio.BrokenResourceError, trio.ClosedResourceError):
-                return  # the session is gone
-            finally:
-                if took:
-                    intake.release()
+                self.close()  # the session is gone
+        self._delivering = None
 
+    def ended(self) -> None:
+        self.close()
 
-async def _receive(stream: GRPCProtoStream, peer: str) -> pb.AgentMessage | None:
-    """The next message that parses (others are logged and skipped); None when the stream ended."""
-    while True:
-        try:
-            return await receive_message(stream)
-        except DecodeError as exc:
-            log.warning("protocol_error", peer=peer, reason=f"undecodable message: {exc}")
+    def close(self) -> None:
+        """No more messages to the session: its inbound channel ends, and a wait in progress ends."""
+        self._closed = True
+        self._inbound.close()
+        if self._delivering is not None:
+            self._delivering.cancel()
 
-
-async def _turn(stream: GRPCProtoStream, raw: pb.AgentMessage, inbound: trio.MemorySendChannel, peer: str,
-                clock: WallClock, replies: _Replies) -> bool:
-    """One turn: hand on `raw` and the messages the stream already holds, up to TURN_MESSAGES in all,
-    in one step, then keep the turn across one checkpoint. Never waits for the network while it
-    holds the turn. False when the stream ended."""
-    for n in range(TURN_MESSAGES):
-        if n:
-            if not message_ready(stream):
-                break
+    async def _turn(self, payloads: list[bytes]) -> None:
+        """Up to TURN_MESSAGES messages in one step; if the first is telemetry (and no setpoint's
+        outcome is owed), in a turn, held across one checkpoint after."""
+        raws = []
+        for payload in payloads:
             try:
-                raw = await receive_message(stream)  # queued already: no wait
+                raws.append(pb.AgentMessage.FromString(payload))
             except DecodeError as exc:
-                log.warning("protocol_error", peer=peer, reason=f"undecodable message: {exc}")
-                break
-            if raw is None:
-                return False
-        msg = codec.received_from_pb(raw, clock.now())
-        replies.received(msg)
-        await send_or_wait(inbound, msg)
-    await trio.lowlevel.checkpoint()
-    return True
+                log.warning("protocol_error", peer=self._peer, reason=f"undecodable message: {exc}")
+        if not raws:
+            return
+        replies = self._replies
+        waits = raws[0].WhichOneof("body") in _TELEMETRY and not replies.urgent
+        took = waits and await _take_turn(self._intake, replies)
+        try:
+            for raw in raws:
+                try:
+                    msg = codec.received_from_pb(raw, self._clock.now())
+                except codec.ProtocolError as exc:
+                    log.warning("protocol_error", peer=self._peer, reason=str(exc))
+                    continue
+                replies.received(msg)
+                await send_or_wait(self._inbound, msg)
+            if took:
+                await trio.lowlevel.checkpoint()
+        finally:
+            if took:
+                self._intake.release()
+
+
+async def _serve_outbound(stream: GRPCProtoStream, accept: trio.MemorySendChannel[AgentConnection],
+                          conn: AgentConnection, outbound: trio.MemoryReceiveChannel, replies: _Replies,
+                          reader: _AgentReader) -> None:
+    """The stream's writer task: hand the session manager the connection, then send what the
+    session sends until it closes its end (or the link breaks); then the reader stops too."""
+    try:
+        async with outbound:
+            await stream.start_response()
+            await accept.send(conn)
+            await _write(stream, outbound, replies)
+    except Exception as exc:  # the stream broke before the session had it, or the headend is stopping
+        log.info("grpc_stream_ended", peer=conn.peer, error=repr(exc))
+    finally:
+        reader.close()
 
 
 async def _take_turn(intake: trio.CapacityLimiter, replies: _Replies) -> bool:
@@ -192,4 +239,4 @@ async def serve_agents(
     `intake`: the telemetry turns (default INTAKE_TURNS of them)."""
     intake = intake or trio.CapacityLimiter(INTAKE_TURNS)
     async with accept:
-        await serve_grpc(host, port, stream_handler(accept, clock, intake), task_status=task_status)
+        await serve_grpc_consumers(host, port, agent_streams(accept, clock, intake), task_status=task_status)

@@ -14,11 +14,16 @@ which is where its defects live:
 
 And the per-message costs, measured under the ingest benchmark (bench/): purerpc woke its socket
 writer task after every received chunk and every received message, nearly always to find nothing
-to send; it yielded to the scheduler when queueing each received event into a stream's unbounded
+to send, and to send anything (now sent from the caller's step when the socket takes it all); it yielded to the scheduler when queueing each received event into a stream's unbounded
 buffer, and again when taking one that was already there (an anyio memory stream, which on trio
 also waits through an anyio event); and a message went through three coroutines to its reader.
 Each is cut here without changing what goes on the wire: the transport sink (bench/sink.py) decodes
 twice the points a second it did.
+
+Two ways to serve a stream: `serve_grpc` runs a handler task per stream that reads it
+(`receive_message`), as purerpc does; `serve_grpc_consumers` hands a stream's messages straight from
+its connection's reader to a `StreamConsumer`, with no task or queue of the stream's own. The
+consumer's waits hold the connection's reader, so what it cannot take yet waits in TCP, not in memory.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ import logging
 import math
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Protocol
 
 import anyio
 import anyio.abc
@@ -55,7 +61,8 @@ from der_actors.actors.channels import receive_or_wait  # noqa: E402
 
 log = logging.getLogger(__name__)
 
-__all__ = ["GRPCProtoStream", "Status", "StatusCode", "serve_grpc", "dial_grpc", "StreamHandler"]
+__all__ = ["GRPCProtoStream", "Status", "StatusCode", "serve_grpc", "serve_grpc_consumers", "dial_grpc",
+           "StreamHandler", "StreamConsumer", "StreamOpener"]
 
 
 def _stream_reset(self: GRPCConnection, event: h2.events.StreamReset) -> list:
@@ -82,18 +89,28 @@ hyperframe.frame.DataFrame._body_repr = _data_frame_body_repr  # type: ignore[me
 
 
 class _SocketWriter(SocketWrapper):
-    """purerpc's socket writer task, woken only when h2 holds bytes to send."""
+    """purerpc's socket writer, which sends what h2 holds at once, from the caller's step, when the
+    socket takes it all. Its task sends only what the socket did not take (a full send buffer),
+    and everything after that until it has caught up, so bytes go out in order. purerpc woke the
+    task for every flush: two task steps for each message sent, a fifth of all the headend's."""
 
     def __init__(self, grpc_connection: GRPCConnection, stream: anyio.abc.SocketStream) -> None:
         super().__init__(grpc_connection, stream)
-        self._h2 = grpc_connection.h2_connection
+        self._sock = stream.extra(anyio.abc.SocketAttribute.raw_socket)  # non-blocking (trio's)
+        self._unsent = b""  # what the socket did not take: the task sends it before anything else
+        self._task_sending = False
         self._flush_event = trio.Event()  # cheaper to make than anyio's, and we only run on trio
 
     async def _writer_thread(self) -> None:
         while True:
-            data = self._grpc_connection.data_to_send()
+            data = self._unsent or self._grpc_connection.data_to_send()
+            self._unsent = b""
             if data:
-                await self._stream.send(data)
+                self._task_sending = True
+                try:
+                    await self._stream.send(data)
+                finally:
+                    self._task_sending = False
             elif self._running:
                 await self._flush_event.wait()
                 self._flush_event = trio.Event()
@@ -104,17 +121,42 @@ class _SocketWriter(SocketWrapper):
         self.wake()
 
     def wake(self) -> None:
-        if self._h2._data_to_send:  # h2's outbound buffer (purerpc's own h2 patch reads it too)
+        """Send what h2 holds: now if the socket takes it, else by the task."""
+        if self._task_sending or self._unsent:
+            self._flush_event.set()  # the task is behind: it takes this too, in order
+            return
+        data = self._grpc_connection.data_to_send()
+        if not data:
+            return
+        try:
+            sent = self._sock.send(data)
+        except OSError:  # full (BlockingIOError) or broken: the task's send waits, or raises where that is handled
+            sent = 0
+        if sent < len(data):
+            self._unsent = data[sent:]
             self._flush_event.set()
+
+
+class StreamConsumer(Protocol):
+    """Takes one stream's messages from its connection's reader (`serve_grpc_consumers`)."""
+
+    async def received(self, payloads: list[bytes]) -> None:
+        """The stream's next messages in order, as their gRPC payloads (already acknowledged to
+        HTTP/2 flow control). Must not raise: it runs in the connection's reader."""
+
+    def ended(self) -> None:
+        """No more messages: the peer ended or reset the stream, or the connection is gone."""
 
 
 class _Stream(GRPCProtoStream):
     """Received events queue in a trio channel (purerpc's anyio memory stream costs more per item
-    on trio), and `receive_message` takes, acknowledges and parses a message in one coroutine."""
+    on trio), and `receive_message` takes, acknowledges and parses a message in one coroutine.
+    A stream with a `consumer` gets its messages from the connection's reader instead."""
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self._incoming_events = trio.open_memory_channel(math.inf)  # (send, receive), as purerpc's
+        self.consumer: StreamConsumer | None = None
 
     def _take(self, event):
         """Book an event taken from the queue: a message's bytes are acknowledged (HTTP/2 flow control)."""
@@ -159,19 +201,39 @@ class _Socket(GRPCProtoSocket):
 
     def end_all_streams(self) -> None:
         for stream in list(self._streams.values()):
+            if stream.consumer is not None:
+                stream.consumer.ended()
             stream._incoming_events[0].close()
 
     async def _listen(self):
         """purerpc's reader loop, queueing events without a checkpoint each (the buffers are
-        unbounded, so the send never waits; the socket read is where this task yields)."""
+        unbounded, so the send never waits; the socket read is where this task yields), or handing
+        a consumer's messages to it: those of one stream in a row go together."""
+        connection = self._grpc_connection
         while True:
             try:
                 data = await self._socket.recv(self._receive_buffer_size)
             except (anyio.EndOfStream, anyio.BrokenResourceError):
                 return
-            events = self._grpc_connection.receive_data(data)
-            self._socket.wake()
+            events = connection.receive_data(data)
+            self._socket.wake()  # h2's replies to what was read: settings and ping acks
+            held: list[bytes] = []  # messages for `holder`, handed on when its run ends
+            holder = None
             for event in events:
+                stream = self._streams.get(event.stream_id)
+                if held and (stream is not holder or not isinstance(event, MessageReceived)):
+                    await holder.consumer.received(held)
+                    held = []
+                if stream is not None and stream.consumer is not None:
+                    if isinstance(event, MessageReceived):
+                        connection.acknowledge_received_data(event.stream_id, event.flow_controlled_length)
+                        held.append(event.data)
+                        holder = stream
+                        continue
+                    if isinstance(event, (RequestEnded, ResponseEnded)):
+                        stream.consumer.ended()
+                        stream._close_remote()
+                        continue
                 if isinstance(event, WindowUpdated):
                     if event.stream_id == 0:
                         for stream in self._streams.values():
@@ -186,6 +248,9 @@ class _Socket(GRPCProtoSocket):
                     yield self._streams[event.stream_id]
                 elif isinstance(event, (ResponseEnded, RequestEnded)):
                     self._streams[event.stream_id]._close_remote()
+            if held:
+                await holder.consumer.received(held)
+            self._socket.wake()  # the window updates for what the consumers took
 
     async def _reader_thread(self) -> None:  # client side: purerpc's reader task
         try:
@@ -205,12 +270,10 @@ async def receive_message(stream: GRPCProtoStream):
         return None
 
 
-def message_ready(stream: GRPCProtoStream) -> bool:
-    """Whether the stream's next event is queued already (`receive_message` will not wait for it)."""
-    return stream._incoming_events[1].statistics().current_buffer_used > 0
-
-
 StreamHandler = Callable[[GRPCProtoStream, RequestReceived, str], Awaitable[None]]
+# Called by the connection's reader when a stream opens, before any of its messages is read; may
+# start the stream's other tasks (its writer) in the nursery, which is the connection's.
+StreamOpener = Callable[[GRPCProtoStream, RequestReceived, str, trio.Nursery], StreamConsumer]
 
 
 def _peer_of(sock: anyio.abc.SocketStream) -> str:
@@ -224,14 +287,22 @@ def _peer_of(sock: anyio.abc.SocketStream) -> str:
     return str(addr)
 
 
-async def _serve_connection(sock: anyio.abc.SocketStream, handler: StreamHandler) -> None:
+async def _serve_connection(sock: anyio.abc.SocketStream, handler: StreamHandler | None,
+                            opener: StreamOpener | None) -> None:
     peer = _peer_of(sock)
     async with sock:
         try:
             async with _Socket(GRPCConfiguration(client_side=False), sock) as grpc_socket:
                 async with trio.open_nursery() as nursery:
                     async for stream in grpc_socket.listen():
-                        nursery.start_soon(_serve_stream, handler, stream, peer)
+                        if opener is None:
+                            nursery.start_soon(_serve_stream, handler, stream, peer)
+                            continue
+                        # The reader waits here, so the consumer is in place before the stream's
+                        # first message is read.
+                        request = stream._incoming_events[1].receive_nowait()  # queued just now
+                        stream._take(request)
+                        stream.consumer = opener(stream, request, peer, nursery)
                     # The socket's reader ended: the peer is gone. End every stream so handlers
                     # reading them finish, rather than waiting forever.
                     grpc_socket.end_all_streams()
@@ -264,11 +335,28 @@ async def serve_grpc(
 
     `task_status.started(port)` reports the bound port once listening.
     """
+    await _serve(host, port, handler, None, task_status)
+
+
+async def serve_grpc_consumers(
+    host: str,
+    port: int,
+    opener: StreamOpener,
+    *,
+    task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Listen on host:port (port 0 picks one); for each stream `opener(stream, request, peer,
+    nursery)` returns the `StreamConsumer` its messages go to. Reports the bound port."""
+    await _serve(host, port, None, opener, task_status)
+
+
+async def _serve(host: str, port: int, handler: StreamHandler | None, opener: StreamOpener | None,
+                 task_status: trio.TaskStatus[int]) -> None:
     listener = await anyio.create_tcp_listener(local_host=host, local_port=port)
     async with listener:
         bound = listener.extra(anyio.abc.SocketAttribute.local_port)
         task_status.started(bound)
-        await listener.serve(lambda sock: _serve_connection(sock, handler))
+        await listener.serve(lambda sock: _serve_connection(sock, handler, opener))
 
 
 @contextlib.asynccontextmanager
