@@ -2,8 +2,8 @@
 
     .venv/bin/python -m bench.sink [--port 0] [--codec]
 
-Built on the headend's own gRPC layer (`der_actors.transport.purerpc_compat.serve_grpc`, purerpc over
-h2), one process like the headend. Per stream: answers the Register with a RegisterAck accepting
+Built on the headend's own gRPC layer (`der_actors.transport.purerpc_compat.serve_grpc_consumers`,
+purerpc over h2, a stream's messages handed over by its connection's reader), one process like the headend. Per stream: answers the Register with a RegisterAck accepting
 every asset it lists, parses every AgentMessage (protobuf), counts the points of each telemetry
 batch and answers it with a one-range TelemetryAck (the headend acks every committed batch too, so
 the generator's ack window works the same against both). `--codec` also decodes each message into
@@ -27,7 +27,7 @@ import trio
 from bench.wire import Raw, ld, text, u64
 from der_actors.transport import codec
 from der_actors.transport.pb import agent_pb2 as pb
-from der_actors.transport.purerpc_compat import Status, StatusCode, receive_message, serve_grpc
+from der_actors.transport.purerpc_compat import Status, StatusCode, serve_grpc_consumers
 
 
 class Counts:
@@ -41,43 +41,68 @@ def _ack(asset_id: str, seq: int) -> Raw:
     return Raw(ld(4, ld(1, rng)))
 
 
-def handler(counts: Counts, use_codec: bool):
-    async def handle(stream, request, peer: str) -> None:
-        stream.expect_message_type(pb.AgentMessage)
-        counts.streams += 1
-        first_asset = ""
-        while True:
-            msg = await receive_message(stream)
-            if msg is None:
-                break
-            counts.messages += 1
-            if use_codec:
-                codec.received_from_pb(msg, time.time())
-            which = msg.WhichOneof("body")
-            if which == "telemetry_batch":
-                points = msg.telemetry_batch.points
-                counts.points += len(points)
-                await stream.send_message(_ack(first_asset, points[-1].seq))
-            elif which == "register":
-                ids = [a.asset_id for a in msg.register.assets]
-                first_asset = ids[0] if ids else msg.register.asset_id
-                ack = pb.HeadendMessage()
-                ack.register_ack.session_id = f"sink-{counts.streams}"
-                ack.register_ack.accepted_asset_ids.extend(ids)
-                await stream.send_message(ack)
+class _SinkStream:
+    """One stream's consumer: run by its connection's reader, as the headend's stream reader is."""
+
+    def __init__(self, stream, counts: Counts, use_codec: bool, nursery: trio.Nursery) -> None:
+        self.stream = stream
+        self.counts = counts
+        self.use_codec = use_codec
+        self.nursery = nursery
+        self.first_asset = ""
+        self.started = False
+
+    async def received(self, payloads: list[bytes]) -> None:
         try:
-            await stream.close(Status(StatusCode.OK))
+            if not self.started:
+                self.started = True
+                await self.stream.start_response()
+            for payload in payloads:
+                await self._one(pb.AgentMessage.FromString(payload))
+        except Exception:
+            pass  # a broken stream: the connection's end tells us the rest
+
+    async def _one(self, msg: pb.AgentMessage) -> None:
+        counts, stream = self.counts, self.stream
+        counts.messages += 1
+        if self.use_codec:
+            codec.received_from_pb(msg, time.time())
+        which = msg.WhichOneof("body")
+        if which == "telemetry_batch":
+            points = msg.telemetry_batch.points
+            counts.points += len(points)
+            await stream.send_message(_ack(self.first_asset, points[-1].seq))
+        elif which == "register":
+            ids = [a.asset_id for a in msg.register.assets]
+            self.first_asset = ids[0] if ids else msg.register.asset_id
+            ack = pb.HeadendMessage()
+            ack.register_ack.session_id = f"sink-{counts.streams}"
+            ack.register_ack.accepted_asset_ids.extend(ids)
+            await stream.send_message(ack)
+
+    def ended(self) -> None:
+        self.nursery.start_soon(self._close)
+
+    async def _close(self) -> None:
+        try:
+            await self.stream.close(Status(StatusCode.OK))
         except Exception:
             pass
 
-    return handle
+
+def opener(counts: Counts, use_codec: bool):
+    def open_stream(stream, request, peer: str, nursery: trio.Nursery) -> _SinkStream:
+        counts.streams += 1
+        return _SinkStream(stream, counts, use_codec, nursery)
+
+    return open_stream
 
 
 async def main(port: int, use_codec: bool) -> None:
     counts = Counts()
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async with trio.open_nursery() as nursery:
-            bound = await nursery.start(serve_grpc, "127.0.0.1", port, handler(counts, use_codec))
+            bound = await nursery.start(serve_grpc_consumers, "127.0.0.1", port, opener(counts, use_codec))
             print(json.dumps({"event": "sink_started", "port": bound}), flush=True)
             async for _ in signals:
                 break
