@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import AsyncIterator
 
+import pytest
 import trio
 import trio.testing
 
@@ -113,3 +114,20 @@ async def test_an_agent_that_never_answers_loses_its_place_after_reply_priority_
     assert replies.urgent
     await trio.sleep(0.001)
     assert not replies.urgent
+
+
+async def test_a_stream_waiting_for_a_turn_leaves_the_line_when_its_session_ends() -> None:
+    intake = trio.CapacityLimiter(1)
+    await intake.acquire()
+    with trio.fail_after(10):
+        async with registered_agent(intake) as (agent, conn):
+            await agent.outbound.send(batch(1))
+            await waiting_in_line(intake)
+            await conn.outbound.aclose()  # the session ends its end of the stream
+            with pytest.raises(trio.EndOfChannel):  # the agent sees the stream end
+                await agent.inbound.receive()
+            while intake.statistics().tasks_waiting:  # and no reader is left in line
+                await trio.sleep(0.001)
+            with pytest.raises(trio.EndOfChannel):  # what waited in line is dropped, not delivered late
+                conn.inbound.receive_nowait()
+    intake.release()
