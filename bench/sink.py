@@ -52,7 +52,7 @@ class _SinkStream:
         self.first_asset = ""
         self.started = False
 
-    async def received(self, payloads: list[bytes]) -> None:
+    async def received(self, payloads: list[bytes], read_ahead) -> None:
         try:
             if not self.started:
                 self.started = True

@@ -105,6 +105,24 @@ async def test_a_backlog_longer_than_a_turn_arrives_whole_and_in_order() -> None
             assert seqs == list(range(1, n + 1))
 
 
+async def test_a_turn_waited_for_takes_what_its_agent_sent_meanwhile() -> None:
+    intake = trio.CapacityLimiter(1)
+    await intake.acquire()
+    with trio.fail_after(10):
+        async with registered_agent(intake) as (agent, conn):
+            await agent.outbound.send(batch(1))
+            await waiting_in_line(intake)
+            for seq in range(2, 6):  # sent while the stream waits in line: they stay in the socket
+                await agent.outbound.send(batch(seq))
+            await trio.testing.wait_all_tasks_blocked(cushion=0.05)
+            assert nothing_arrived(conn)
+            intake.release()
+            while conn.inbound.statistics().current_buffer_used == 0:
+                await trio.sleep(0)
+            # all five in the one turn (the reader delivers a turn in one step)
+            assert [conn.inbound.receive_nowait().rows[0][1] for _ in range(5)] == [1, 2, 3, 4, 5]
+
+
 async def test_an_agent_that_never_answers_loses_its_place_after_reply_priority_s(autojump_clock) -> None:
     replies = _Replies()
     replies.sent(Heartbeat(1.0))

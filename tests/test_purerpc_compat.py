@@ -29,7 +29,7 @@ class Recorder:
         self.done = trio.Event()
         self.hold: trio.Event | None = None
 
-    async def received(self, payloads: list[bytes]) -> None:
+    async def received(self, payloads: list[bytes], read_ahead) -> None:
         self.handovers.append([pb.AgentMessage.FromString(p).heartbeat.timestamp.seconds for p in payloads])
         if self.hold is not None:
             await self.hold.wait()

@@ -10,8 +10,10 @@ A message that does not decode is logged and skipped; it never ends the stream o
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import math
+from collections.abc import Callable
 
 import structlog
 import trio
@@ -103,7 +105,7 @@ def agent_streams(accept: trio.MemorySendChannel[AgentConnection], clock: WallCl
 class _Discard:
     """The consumer of a stream we refused: its messages go nowhere."""
 
-    async def received(self, payloads: list[bytes]) -> None:
+    async def received(self, payloads: list[bytes], read_ahead: Callable[[], list[bytes]]) -> None:
         pass
 
     def ended(self) -> None:
@@ -132,12 +134,13 @@ class _AgentReader:
         self._replies = replies
         self._closed = False
 
-    async def received(self, payloads: list[bytes]) -> None:
+    async def received(self, payloads: list[bytes], read_ahead: Callable[[], list[bytes]]) -> None:
         if self._closed:
             return
+        pending = collections.deque(payloads)
         try:
-            for i in range(0, len(payloads), TURN_MESSAGES):
-                await self._turn(payloads[i:i + TURN_MESSAGES])
+            while pending:
+                await self._turn(pending, read_ahead)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             self.close()  # the session is gone
 
@@ -153,20 +156,25 @@ class _AgentReader:
         if self._replies.waiting is not None:
             self._replies.waiting.cancel()
 
-    async def _turn(self, payloads: list[bytes]) -> None:
-        """Up to TURN_MESSAGES messages in one step; if the first is telemetry (and no setpoint's
-        outcome is owed), in a turn, held across one checkpoint after."""
-        raws = []
-        for payload in payloads:
-            try:
-                raws.append(pb.AgentMessage.FromString(payload))
-            except DecodeError as exc:
-                log.warning("protocol_error", peer=self._peer, reason=f"undecodable message: {exc}")
+    async def _turn(self, pending: collections.deque[bytes], read_ahead: Callable[[], list[bytes]]) -> None:
+        """Up to TURN_MESSAGES of `pending` in one step; if the first is telemetry (and no setpoint's
+        outcome is owed), in a turn, held across one checkpoint after. A stream that waited in line
+        for its turn takes in it what its agent sent meanwhile (`read_ahead`), as a turn took what
+        a stream's queue held when each stream had one: without, a merged flood's turns shrank and
+        SQLite merged ingest fell from 117 % of the ceiling to 96 %."""
+        raws = self._parsed(pending, TURN_MESSAGES)
         if not raws:
             return
         replies = self._replies
-        waits = raws[0].WhichOneof("body") in _TELEMETRY and not replies.urgent
-        took = waits and await _take_turn(self._intake, replies)
+        took = False
+        if raws[0].WhichOneof("body") in _TELEMETRY and not replies.urgent:
+            try:
+                self._intake.acquire_nowait()  # `async with` would spend a scheduler round on it
+                took = True
+            except trio.WouldBlock:
+                took = await _wait_for_turn(self._intake, replies)
+                pending.extend(read_ahead())
+                raws += self._parsed(pending, TURN_MESSAGES - len(raws))
         try:
             for raw in raws:
                 try:
@@ -181,6 +189,17 @@ class _AgentReader:
         finally:
             if took:
                 self._intake.release()
+
+    def _parsed(self, pending: collections.deque[bytes], n: int) -> list[pb.AgentMessage]:
+        """The next `n` of `pending` parsed; one that does not parse is logged and skipped."""
+        raws = []
+        for _ in range(min(n, len(pending))):
+            payload = pending.popleft()
+            try:
+                raws.append(pb.AgentMessage.FromString(payload))
+            except DecodeError as exc:
+                log.warning("protocol_error", peer=self._peer, reason=f"undecodable message: {exc}")
+        return raws
 
 
 async def _serve_outbound(stream: GRPCProtoStream, accept: trio.MemorySendChannel[AgentConnection],
@@ -199,15 +218,9 @@ async def _serve_outbound(stream: GRPCProtoStream, accept: trio.MemorySendChanne
         reader.close()
 
 
-async def _take_turn(intake: trio.CapacityLimiter, replies: _Replies) -> bool:
-    """Take a turn: at once when one is free (`async with` would spend a scheduler round on it), else
-    wait in line. False when the wait was cut short: a setpoint went out on this stream, or the
-    stream's reader closed."""
-    try:
-        intake.acquire_nowait()
-        return True
-    except trio.WouldBlock:
-        pass
+async def _wait_for_turn(intake: trio.CapacityLimiter, replies: _Replies) -> bool:
+    """Wait in line for a turn. False when the wait was cut short: a setpoint went out on this
+    stream, or the stream's reader closed."""
     with trio.CancelScope() as replies.waiting:
         await intake.acquire()
         return True  # no checkpoint after the acquire: a cancel now cannot undo it

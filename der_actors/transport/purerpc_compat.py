@@ -120,6 +120,10 @@ class _SocketWriter(SocketWrapper):
     async def flush(self) -> None:
         self.wake()
 
+    def recv_nowait(self, size: int) -> bytes:
+        """What the socket holds now (b"" at its end); BlockingIOError when nothing is there."""
+        return self._sock.recv(size)
+
     def wake(self) -> None:
         """Send what h2 holds: now if the socket takes it, else by the task."""
         if self._task_sending or self._unsent:
@@ -137,12 +141,20 @@ class _SocketWriter(SocketWrapper):
             self._flush_event.set()
 
 
+def _nothing_ahead() -> list[bytes]:
+    return []
+
+
 class StreamConsumer(Protocol):
     """Takes one stream's messages from its connection's reader (`serve_grpc_consumers`)."""
 
-    async def received(self, payloads: list[bytes]) -> None:
+    async def received(self, payloads: list[bytes], read_ahead: Callable[[], list[bytes]]) -> None:
         """The stream's next messages in order, as their gRPC payloads (already acknowledged to
-        HTTP/2 flow control). Must not raise: it runs in the connection's reader."""
+        HTTP/2 flow control). Must not raise: it runs in the connection's reader.
+
+        `read_ahead()` returns the stream's messages that have arrived since (read without waiting;
+        what else was read is kept for the connection's reader): a consumer that waited can take
+        what piled up meanwhile in the same step."""
 
     def ended(self) -> None:
         """No more messages: the peer ended or reset the stream, or the connection is gone."""
@@ -198,6 +210,7 @@ class _Socket(GRPCProtoSocket):
     def __init__(self, config: GRPCConfiguration, sock: anyio.abc.SocketStream) -> None:
         super().__init__(config, sock)
         self._socket = _SocketWriter(self._grpc_connection, sock)  # replaces purerpc's, before first use
+        self._read_ahead: list = []  # events a consumer's read-ahead read that were not its own
 
     def end_all_streams(self) -> None:
         for stream in list(self._streams.values()):
@@ -211,18 +224,21 @@ class _Socket(GRPCProtoSocket):
         a consumer's messages to it: those of one stream in a row go together."""
         connection = self._grpc_connection
         while True:
-            try:
-                data = await self._socket.recv(self._receive_buffer_size)
-            except (anyio.EndOfStream, anyio.BrokenResourceError):
-                return
-            events = connection.receive_data(data)
-            self._socket.wake()  # h2's replies to what was read: settings and ping acks
+            if self._read_ahead:  # what a consumer's read-ahead read besides its own messages
+                events, self._read_ahead = self._read_ahead, []
+            else:
+                try:
+                    data = await self._socket.recv(self._receive_buffer_size)
+                except (anyio.EndOfStream, anyio.BrokenResourceError):
+                    return
+                events = connection.receive_data(data)
+                self._socket.wake()  # h2's replies to what was read: settings and ping acks
             held: list[bytes] = []  # messages for `holder`, handed on when its run ends
             holder = None
             for event in events:
                 stream = self._streams.get(event.stream_id)
                 if held and (stream is not holder or not isinstance(event, MessageReceived)):
-                    await holder.consumer.received(held)
+                    await holder.consumer.received(held, _nothing_ahead)  # others' events follow: keep order
                     held = []
                 if stream is not None and stream.consumer is not None:
                     if isinstance(event, MessageReceived):
@@ -249,8 +265,30 @@ class _Socket(GRPCProtoSocket):
                 elif isinstance(event, (ResponseEnded, RequestEnded)):
                     self._streams[event.stream_id]._close_remote()
             if held:
-                await holder.consumer.received(held)
+                await holder.consumer.received(held, lambda: self._read_ahead_for(holder))
             self._socket.wake()  # the window updates for what the consumers took
+
+    def _read_ahead_for(self, stream: _Stream) -> list[bytes]:
+        """The messages of `stream` the socket holds now, read without waiting, up to the first
+        event that is not one of them; the events from there on wait for `_listen`, in order."""
+        if self._read_ahead:
+            return []  # read ahead before: what follows in order is not this stream's message
+        try:
+            data = self._socket.recv_nowait(self._receive_buffer_size)
+        except OSError:
+            return []  # nothing there, or the socket is broken: `_listen`'s next read says which
+        if not data:
+            return []  # the peer closed: `_listen`'s next read sees it too
+        events = self._grpc_connection.receive_data(data)
+        self._socket.wake()
+        taken = []
+        for i, event in enumerate(events):
+            if event.stream_id != stream._stream_id or not isinstance(event, MessageReceived):
+                self._read_ahead = events[i:]
+                break
+            self._grpc_connection.acknowledge_received_data(event.stream_id, event.flow_controlled_length)
+            taken.append(event.data)
+        return taken
 
     async def _reader_thread(self) -> None:  # client side: purerpc's reader task
         try:
