@@ -3,12 +3,12 @@
     .venv/bin/python -m bench.sink [--port 0] [--codec]
 
 Built on the headend's own gRPC layer (`der_actors.transport.purerpc_compat.serve_grpc_consumers`,
-purerpc over h2, a stream's messages handed over by its connection's reader), one process like the headend. Per stream: answers the Register with a RegisterAck accepting
-every asset it lists, parses every AgentMessage (protobuf), counts the points of each telemetry
-batch and answers it with a one-range TelemetryAck (the headend acks every committed batch too, so
-the generator's ack window works the same against both). `--codec` also decodes each message into
-what the headend's reader makes of it (`codec.received_from_pb`: telemetry as the store's rows),
-to price that step.
+purerpc over h2, a stream's messages handed over by its connection's reader), one process like the
+headend. Per stream: answers the Register with a RegisterAck accepting every asset it lists, parses
+every AgentMessage (protobuf), counts the points of each telemetry batch and answers it with a
+one-range TelemetryAck (the headend acks every committed batch too, so the generator's ack window
+works the same against both). `--codec` also decodes each message into what the headend's reader
+makes of it (`codec.received_from_pb`: telemetry as the store's rows), to price that step.
 
 Prints `{"event": "sink_started", "port": N}` on stdout once listening, and
 `{"event": "sink_stopped", "points": N, "messages": N, "streams": N}` on SIGTERM/SIGINT.

@@ -34,6 +34,11 @@ async def waiting_in_line(intake: trio.CapacityLimiter) -> None:
         await trio.sleep(0.001)
 
 
+async def first_batch_in_line(agent: EdgeConnection, intake: trio.CapacityLimiter) -> None:
+    await agent.outbound.send(batch(1))
+    await waiting_in_line(intake)
+
+
 @contextlib.asynccontextmanager
 async def registered_agent(intake: trio.CapacityLimiter) -> AsyncIterator[tuple[EdgeConnection, AgentConnection]]:
     """A gRPC server with these turns and one agent on it, registered: (the agent's end, the headend's)."""
@@ -110,8 +115,7 @@ async def test_a_turn_waited_for_takes_what_its_agent_sent_meanwhile() -> None:
     await intake.acquire()
     with trio.fail_after(10):
         async with registered_agent(intake) as (agent, conn):
-            await agent.outbound.send(batch(1))
-            await waiting_in_line(intake)
+            await first_batch_in_line(agent, intake)
             for seq in range(2, 6):  # sent while the stream waits in line: they stay in the socket
                 await agent.outbound.send(batch(seq))
             await trio.testing.wait_all_tasks_blocked(cushion=0.05)
@@ -139,8 +143,7 @@ async def test_a_stream_waiting_for_a_turn_leaves_the_line_when_its_session_ends
     await intake.acquire()
     with trio.fail_after(10):
         async with registered_agent(intake) as (agent, conn):
-            await agent.outbound.send(batch(1))
-            await waiting_in_line(intake)
+            await first_batch_in_line(agent, intake)
             await conn.outbound.aclose()  # the session ends its end of the stream
             with pytest.raises(trio.EndOfChannel):  # the agent sees the stream end
                 await agent.inbound.receive()

@@ -63,6 +63,12 @@ def dial(port: int):
     return dial_grpc("127.0.0.1", port, "test.Svc", "Stream", pb.AgentMessage, pb.HeadendMessage)
 
 
+async def first_handed_over(stream, recorder: Recorder) -> None:
+    await stream.send_message(heartbeat(1))
+    while not recorder.handovers:
+        await trio.sleep(0.001)
+
+
 async def test_a_consumer_gets_its_streams_messages_in_order_then_the_end() -> None:
     recorder = Recorder()
     with trio.fail_after(10):
@@ -85,9 +91,7 @@ async def test_a_consumer_that_waits_holds_its_connections_reader() -> None:
         async with trio.open_nursery() as nursery:
             port, _ = await consumer_server(nursery, recorder)
             async with dial(port) as stream:
-                await stream.send_message(heartbeat(1))
-                while not recorder.handovers:
-                    await trio.sleep(0.001)
+                await first_handed_over(stream, recorder)
                 for t in range(2, 11):
                     await stream.send_message(heartbeat(t))
                 await trio.testing.wait_all_tasks_blocked(cushion=0.05)
@@ -107,9 +111,7 @@ async def test_a_consumer_is_told_the_end_when_its_connection_drops() -> None:
         async with trio.open_nursery() as nursery:
             port, _ = await consumer_server(nursery, recorder)
             async with dial(port) as stream:
-                await stream.send_message(heartbeat(1))
-                while not recorder.handovers:
-                    await trio.sleep(0.001)
+                await first_handed_over(stream, recorder)
             # left without closing the stream: the connection is simply gone
             await recorder.done.wait()
             nursery.cancel_scope.cancel()

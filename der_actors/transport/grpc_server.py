@@ -160,8 +160,7 @@ class _AgentReader:
         """Up to TURN_MESSAGES of `pending` in one step; if the first is telemetry (and no setpoint's
         outcome is owed), in a turn, held across one checkpoint after. A stream that waited in line
         for its turn takes in it what its agent sent meanwhile (`read_ahead`), as a turn took what
-        a stream's queue held when each stream had one: without, a merged flood's turns shrank and
-        SQLite merged ingest fell from 117 % of the ceiling to 96 %."""
+        its stream's queue held when each stream had a queue (and a reader task) of its own."""
         raws = self._parsed(pending, TURN_MESSAGES)
         if not raws:
             return

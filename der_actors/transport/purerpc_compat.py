@@ -14,9 +14,10 @@ which is where its defects live:
 
 And the per-message costs, measured under the ingest benchmark (bench/): purerpc woke its socket
 writer task after every received chunk and every received message, nearly always to find nothing
-to send, and to send anything (now sent from the caller's step when the socket takes it all); it yielded to the scheduler when queueing each received event into a stream's unbounded
-buffer, and again when taking one that was already there (an anyio memory stream, which on trio
-also waits through an anyio event); and a message went through three coroutines to its reader.
+to send, and to send anything (now sent from the caller's step when the socket takes it all); it
+yielded to the scheduler when queueing each received event into a stream's unbounded buffer, and
+again when taking one that was already there (an anyio memory stream, which on trio also waits
+through an anyio event); and a message went through three coroutines to its reader.
 Each is cut here without changing what goes on the wire: the transport sink (bench/sink.py) decodes
 twice the points a second it did.
 
