@@ -29,7 +29,13 @@ GC_THRESHOLDS = (50_000, 20, 100)
 # drop it only after the switch interval (default 5 ms), so under load the writer sat out up to 5 ms
 # per statement, more than a 1,000-row INSERT takes. At 0.5 ms (`./dev bench --runs 3` before and
 # after): SQLite merged ingest 44k -> 53k points/s, dispatch p99 under that load 64 -> 49 ms.
-SWITCH_INTERVAL_S = 0.0005
+# Since each agent stream is read by its connection's reader (fewer tasks and socket calls), the
+# trio thread lets go of the GIL less often on its own, and the writer held it in 24 % of the
+# samples of a merged flood instead of 34 % (py-spy --gil). At 0.25 ms, interleaved with 0.5 ms:
+# SQLite merged flood 101k-118k against 101k-107k points/s (4 pairs), live the same (3 pairs),
+# dispatch p99 light / merged / live 8.0-11.1 / 12.9-13.1 / 248-433 ms against 9.1-9.7 /
+# 11.8-13.8 / 272-510 (2 pairs).
+SWITCH_INTERVAL_S = 0.00025
 
 
 def tune_interpreter() -> None:
