@@ -1,4 +1,6 @@
-"""What `purerpc_compat` patches outside purerpc itself keeps its outward behaviour."""
+"""`purerpc_compat`: what it patches outside purerpc keeps its outward behaviour, and its own server
+and socket writer, over real sockets on ephemeral ports (real time, bounded by fail_after; the waits
+are for a condition, nothing asserts on timing)."""
 
 from __future__ import annotations
 
