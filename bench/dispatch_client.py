@@ -31,8 +31,10 @@ def _ts(text: str) -> float:
 class Run:
     def __init__(self) -> None:
         self.lat: dict[str, list[float]] = {"asset": [], "site": []}
-        # the headend's own timestamps (history): in all, and split at `sent`
-        self.internal: dict[str, list[float]] = {"total": [], "to_sent": [], "sent_to_applied": []}
+        # the headend's own timestamps (history): in all, and split at `sent`; and the HTTP legs, from
+        # this process's wall clock to the headend's (one machine, one clock; the headend's in ms)
+        self.internal: dict[str, list[float]] = {"total": [], "to_sent": [], "sent_to_applied": [],
+                                                 "request": [], "response": []}
         self.slowest: list[tuple[float, str, dict]] = []  # the ten slowest, with those phases
         self.failures: list[str] = []
         self.lags: list[float] = []
@@ -49,21 +51,22 @@ class Run:
             mw = round(rng.uniform(-3, 3), 3)
             kind = "asset" if i % 2 == 0 else "site"
             body = {"asset_id": rng.choice(asset_ids), "mw": mw} if kind == "asset" else {"site_id": site_id, "mw": mw}
-            t0 = time.perf_counter()
+            w0, t0 = time.time(), time.perf_counter()
             try:
                 resp = await client.post("/dispatch", params={"wait": "applied", "timeout_s": "5"}, json=body)
                 doc = resp.json()
             except (httpx.HTTPError, ValueError) as exc:
                 self.failures.append(f"{kind}: {exc!r}")
                 continue
-            elapsed = time.perf_counter() - t0
+            elapsed, w1 = time.perf_counter() - t0, time.time()
             if resp.status_code != 200 or doc.get("state") != "applied":
                 self.failures.append(f"{kind}: HTTP {resp.status_code} state {doc.get('state')} "
                                      f"{doc.get('message') or doc.get('error')}")
                 continue
             self.lat[kind].append(elapsed)
             at = {h["state"]: _ts(h["at"]) for h in doc["history"]}
-            phases = {"to_sent": at["sent"] - at["submitted"], "sent_to_applied": at["applied"] - at["sent"]}
+            phases = {"request": at["submitted"] - w0, "to_sent": at["sent"] - at["submitted"],
+                      "sent_to_applied": at["applied"] - at["sent"], "response": w1 - at["applied"]}
             self.internal["total"].append(at["applied"] - at["submitted"])
             for phase, seconds in phases.items():
                 self.internal[phase].append(seconds)

@@ -417,6 +417,7 @@ async def _dispatch_pass(fleet: Fleet, headend: Headend, url: str, sites: list[G
         "headend_internal_p50_ms": ms(internal["total"], 50), "headend_internal_p99_ms": ms(internal["total"], 99),
         "headend_to_sent_p99_ms": ms(internal["to_sent"], 99),
         "headend_sent_to_applied_p99_ms": ms(internal["sent_to_applied"], 99),
+        "http_request_p99_ms": ms(internal["request"], 99), "http_response_p99_ms": ms(internal["response"], 99),
         "slowest": c["slowest"],
         "sent_pts_s": (fleet.stats.points_sent - sent0) / wall,
         "stored_pts_s": (await count_telemetry_async(url) - rows0) / wall,
@@ -435,6 +436,8 @@ def _dispatch_line(name: str, rate: int, n: int, ticks_per_message: int, budget_
             f"{f(r['max_ms'])} ms (asset p99 {f(r['asset_p99_ms'])}, site p99 {f(r['site_p99_ms'])}); headend-recorded "
             f"submitted->applied p50 {f(r['headend_internal_p50_ms'])} ms, p99 {f(r['headend_internal_p99_ms'])} ms "
             f"(->sent p99 {f(r['headend_to_sent_p99_ms'])}, sent->applied p99 {f(r['headend_sent_to_applied_p99_ms'])}); "
+            f"HTTP legs: POST -> submitted p99 {f(r['http_request_p99_ms'])} ms, applied -> response p99 "
+            f"{f(r['http_response_p99_ms'])} ms; "
             f"{r['not_applied']} of {n} not applied{stop}; headend event loop lag (GET /health each second) p50 "
             f"{f(r['loop_lag_p50_ms'])} ms, max {f(r['loop_lag_max_ms'])} ms\n"
             f"      telemetry sent {r['sent_pts_s']:,.0f} points/s, stored {r['stored_pts_s']:,.0f}/s; headend "
