@@ -42,14 +42,21 @@ METHOD = "Stream"
 
 # Telemetry intake takes turns. At most INTAKE_TURNS streams hold one at once; a turn hands on the
 # message that asked for it and those read with it (up to TURN_MESSAGES) in one step, and is held
-# across one checkpoint, so a scheduler round does at most 16 x 8 messages of intake. The other
+# across one checkpoint, so a scheduler round does at most 2 x 8 messages of intake. The other
 # streams wait in line with their connection's reader, so their bytes wait in TCP and hold their
 # agents back (the edge spools), and their messages pile up: the next read takes more of them at
-# once. A turn blocked on a full session inbox keeps its turn meanwhile.
+# once. A turn blocked on a full session inbox keeps its turn meanwhile (a session drains its inbox
+# without waiting on anything else, so that is one round).
 # Measured (`bench --only ingest`, 1,000 streams, SQLite): live 38k -> 66-74k points/s stored, merged
 # 115k -> 148-164k. Without turns a round was 1,000 streams' decodes, which every hop of a dispatch
 # waited for. Messages that are not telemetry never wait in line.
-INTAKE_TURNS = 16
+# Why 2 and not 16: a dispatch is ~18 rounds of the loop end to end (hypercorn's and Quart's six
+# before the handler has the body among them), and under live load a round is what intake did in
+# it. Interleaved at 20,000 points/s live (`bench --only dispatch`, three pairs): dispatch p99 107 /
+# 132 / 184 ms against 424 / 425 / 325, as much stored (16.4k-18.5k against 17.3k-17.9k points/s);
+# flood ingest no lower (two pairs: live 60k / 63k against 63k / 58k, merged 157k / 149k against
+# 145k / 139k): a round's own cost is small beside the messages in it.
+INTAKE_TURNS = 2
 TURN_MESSAGES = 8
 # A stream owed the outcome of a setpoint leaves the line (its reply is queued behind its own
 # telemetry: a stream is in order), so an operator's dispatch does not wait for the whole fleet's
