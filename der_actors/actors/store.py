@@ -68,8 +68,11 @@ async def _held(lock: trio.Lock) -> AsyncIterator[None]:
     only the pruner takes it too), which was one round of the loop per batch."""
     try:
         lock.acquire_nowait()
+        free = True
     except trio.WouldBlock:
-        await lock.acquire()
+        free = False
+    if not free:
+        await lock.acquire()  # not inside the `except`: see actors/channels.py
     try:
         yield
     finally:

@@ -178,6 +178,8 @@ class _AgentReader:
                 self._intake.acquire_nowait()  # `async with` would spend a scheduler round on it
                 took = True
             except trio.WouldBlock:
+                pass
+            if not took:  # wait in line (not inside the `except`: see actors/channels.py)
                 took = await _wait_for_turn(self._intake, replies)
                 pending.extend(read_ahead())
                 raws += self._parsed(pending, TURN_MESSAGES - len(raws))
