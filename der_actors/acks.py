@@ -34,10 +34,11 @@ def seqs_by_asset(keys: Iterable[Sequence]) -> dict[str, list[int]]:
 class PendingAcks:
     """One session's stored seqs not yet acknowledged, per asset as (first, last) spans of ints.
 
-    An asset's newest span is two ints in two dicts, the one that grows in place; older spans (a gap
-    before the newest: rare) are tuples in `_older`. Dicts of strs and ints are not objects the
-    cyclic GC tracks; a (first, last) tuple made for every point was (one an asset: 10,000 young
-    objects in a gen-0 collection of the live dispatch pass, which every collection walked)."""
+    An asset's newest span, the one that grows in place, is two ints in two dicts; older spans (a
+    gap before the newest: rare) are tuples in `_older`. Dicts of strs and ints are not objects the
+    cyclic GC tracks, where the (first, last) tuple made for every point was one more young object
+    for each collection to walk (10,000 of them, one an asset, in a gen-0 of the live dispatch
+    pass)."""
 
     __slots__ = ("_first", "_last", "_older")
 

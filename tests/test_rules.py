@@ -239,7 +239,6 @@ def test_committed_rows_become_each_sessions_fewest_ranges():
     assert pending.take() == [SeqRange("a", 1, 3), SeqRange("a", 5, 7), SeqRange("b", 1, 1)]
 
 
-
 _seq_runs = st.one_of(
     st.builds(lambda start, n: list(range(start, start + n)), st.integers(1, 30), st.integers(0, 150)),  # in order
     st.builds(lambda n: list(range(n, 0, -1)), st.integers(2, 200)),  # newest first: past SPANS_JOINED_AT

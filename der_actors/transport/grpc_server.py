@@ -55,7 +55,8 @@ METHOD = "Stream"
 # it. Interleaved at 20,000 points/s live (`bench --only dispatch`, three pairs): dispatch p99 107 /
 # 132 / 184 ms against 424 / 425 / 325, as much stored (16.4k-18.5k against 17.3k-17.9k points/s);
 # flood ingest no lower (two pairs: live 60k / 63k against 63k / 58k, merged 157k / 149k against
-# 145k / 139k): a round's own cost is small beside the messages in it.
+# 145k / 139k): a round's own cost is small beside the messages in it. One turn halved the tail
+# again (p99 45 / 69 / 75 ms) but stored 14k-16k points/s against 17k-19k: intake under overload.
 INTAKE_TURNS = 2
 TURN_MESSAGES = 8
 # A stream owed the outcome of a setpoint leaves the line (its reply is queued behind its own
