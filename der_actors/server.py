@@ -17,7 +17,7 @@ from der_actors.clock import WallClock
 from der_actors.config import HeadendSettings
 from der_actors.model import Inventory
 from der_actors.storage.base import Storage
-from der_actors.transport.grpc_server import INTAKE_TURNS, serve_agents
+from der_actors.transport.grpc_server import IntakeTurns, serve_agents
 from der_actors.transport.rest import create_app
 
 log = structlog.get_logger("der.headend")
@@ -52,7 +52,7 @@ async def run_server(
         )
         nursery.start_soon(run_lag_monitor, headend.ctx.loop_lag)
         async with trio.open_nursery() as front:  # the doors: closed first on shutdown
-            intake = trio.CapacityLimiter(INTAKE_TURNS)
+            intake = IntakeTurns()
             grpc_port = await front.start(functools.partial(
                 serve_agents, settings.grpc_host, settings.grpc_port, headend.accept.clone(), headend.ctx.clock,
                 intake=intake))

@@ -1,7 +1,7 @@
 """The headend's gRPC intake over a real socket: telemetry takes turns, a stream owed a setpoint's
 outcome leaves the line, and other messages never wait (der_actors/transport/grpc_server.py).
 
-The test holds every turn itself (a CapacityLimiter of one, passed to `serve_agents`), so whether a
+The test holds every turn itself (`IntakeTurns` of one, passed to `serve_agents`), so whether a
 message got through is a fact to check, not a race. Real time, bounded by fail_after; the only waits
 are for the stream's reader to reach the line and, once, for every task to go idle.
 """
@@ -18,7 +18,7 @@ import trio.testing
 from der_actors.clock import WallClock
 from der_actors.messages import AckState, Heartbeat, Register, Setpoint, SetpointAck, Telemetry, TelemetryBatch
 from der_actors.transport.grpc_client import grpc_dialer
-from der_actors.transport.grpc_server import REPLY_PRIORITY_S, TURN_MESSAGES, _Replies, serve_agents
+from der_actors.transport.grpc_server import REPLY_PRIORITY_S, TURN_MESSAGES, IntakeTurns, _Replies, serve_agents
 from der_actors.transport.link import AgentConnection, EdgeConnection, ReceivedPoints
 
 SITE = "7e3a446b-8390-41f8-ba6c-946169ccf1e8"
@@ -40,7 +40,7 @@ async def first_batch_in_line(agent: EdgeConnection, intake: trio.CapacityLimite
 
 
 @contextlib.asynccontextmanager
-async def registered_agent(intake: trio.CapacityLimiter) -> AsyncIterator[tuple[EdgeConnection, AgentConnection]]:
+async def registered_agent(intake: IntakeTurns) -> AsyncIterator[tuple[EdgeConnection, AgentConnection]]:
     """A gRPC server with these turns and one agent on it, registered: (the agent's end, the headend's)."""
     accept_send, accept_recv = trio.open_memory_channel[AgentConnection](1)
     async with trio.open_nursery() as nursery:
@@ -63,10 +63,11 @@ def nothing_arrived(conn: AgentConnection) -> bool:
 
 
 async def test_telemetry_waits_for_a_turn_and_a_stream_owed_a_setpoint_outcome_goes_first() -> None:
-    intake = trio.CapacityLimiter(1)
+    turns = IntakeTurns(1)
+    intake = turns.limiter
     await intake.acquire()  # the test holds the only turn
     with trio.fail_after(10):
-        async with registered_agent(intake) as (agent, conn):
+        async with registered_agent(turns) as (agent, conn):
             await agent.outbound.send(batch(1))
             await agent.outbound.send(Heartbeat(5.0))  # behind the telemetry on the same stream
             await waiting_in_line(intake)
@@ -94,11 +95,12 @@ async def test_telemetry_waits_for_a_turn_and_a_stream_owed_a_setpoint_outcome_g
 
 
 async def test_a_backlog_longer_than_a_turn_arrives_whole_and_in_order() -> None:
-    intake = trio.CapacityLimiter(1)
+    turns = IntakeTurns(1)
+    intake = turns.limiter
     await intake.acquire()
     n = 3 * TURN_MESSAGES + 1  # three full turns and one message more
     with trio.fail_after(10):
-        async with registered_agent(intake) as (agent, conn):
+        async with registered_agent(turns) as (agent, conn):
             for seq in range(1, n + 1):
                 await agent.outbound.send(batch(seq))
             await waiting_in_line(intake)
@@ -111,10 +113,11 @@ async def test_a_backlog_longer_than_a_turn_arrives_whole_and_in_order() -> None
 
 
 async def test_a_turn_waited_for_takes_what_its_agent_sent_meanwhile() -> None:
-    intake = trio.CapacityLimiter(1)
+    turns = IntakeTurns(1)
+    intake = turns.limiter
     await intake.acquire()
     with trio.fail_after(10):
-        async with registered_agent(intake) as (agent, conn):
+        async with registered_agent(turns) as (agent, conn):
             await first_batch_in_line(agent, intake)
             for seq in range(2, 6):  # sent while the stream waits in line: they stay in the socket
                 await agent.outbound.send(batch(seq))
@@ -139,10 +142,11 @@ async def test_an_agent_that_never_answers_loses_its_place_after_reply_priority_
 
 
 async def test_a_stream_waiting_for_a_turn_leaves_the_line_when_its_session_ends() -> None:
-    intake = trio.CapacityLimiter(1)
+    turns = IntakeTurns(1)
+    intake = turns.limiter
     await intake.acquire()
     with trio.fail_after(10):
-        async with registered_agent(intake) as (agent, conn):
+        async with registered_agent(turns) as (agent, conn):
             await first_batch_in_line(agent, intake)
             await conn.outbound.aclose()  # the session ends its end of the stream
             with pytest.raises(trio.EndOfChannel):  # the agent sees the stream end
@@ -152,3 +156,20 @@ async def test_a_stream_waiting_for_a_turn_leaves_the_line_when_its_session_ends
             with pytest.raises(trio.EndOfChannel):  # what waited in line is dropped, not delivered late
                 conn.inbound.receive_nowait()
     intake.release()
+
+
+async def test_intake_takes_one_turn_while_any_dispatch_is_served_and_its_turns_again_after() -> None:
+    turns = IntakeTurns(2, dispatching_turns=1)
+    limiter = turns.limiter
+    limiter.acquire_on_behalf_of_nowait("stream 1")
+    with turns.giving_way():
+        with turns.giving_way():  # two dispatches at once
+            assert limiter.total_tokens == 1
+            with pytest.raises(trio.WouldBlock):  # the turn held is the only one now
+                limiter.acquire_on_behalf_of_nowait("stream 2")
+        assert limiter.total_tokens == 1  # one is still served
+    assert limiter.total_tokens == 2
+    limiter.acquire_on_behalf_of_nowait("stream 2")
+    with pytest.raises(RuntimeError), turns.giving_way():  # a handler that fails gives the turn back too
+        raise RuntimeError
+    assert limiter.total_tokens == 2

@@ -16,7 +16,7 @@ import pytest
 import trio
 
 from der_actors.transport import rest
-from der_actors.transport.grpc_server import INTAKE_TURNS
+from der_actors.transport.grpc_server import DISPATCHING_TURNS, INTAKE_TURNS, IntakeTurns
 from der_actors.transport.rest import create_app
 
 if TYPE_CHECKING:
@@ -140,12 +140,30 @@ async def test_health(http: httpx.AsyncClient) -> None:
     assert (history["received_points"], history["stored_points"], history["healthy"]) == (0, 0, True)
 
 
+async def test_intake_takes_fewer_turns_while_a_dispatch_request_waits_for_its_outcome(http: httpx.AsyncClient) -> None:
+    def turns(health: dict) -> int:
+        return health["intake"]["turns"]
+
+    assert turns((await http.get("/health")).json()) == INTAKE_TURNS
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            replies = []
+
+            async def dispatch_to_an_offline_asset() -> None:  # pending: the request waits its timeout out
+                replies.append(await http.post("/dispatch?wait=applied&timeout_s=1", json={"asset_id": BESS_1, "mw": 1}))
+
+            nursery.start_soon(dispatch_to_an_offline_asset)
+            await poll_json(http, "/health", lambda h: turns(h) == DISPATCHING_TURNS)
+        assert replies[0].status_code == 202 and replies[0].json()["state"] == "pending"
+        assert turns((await http.get("/health")).json()) == INTAKE_TURNS
+
+
 async def test_openapi_describes_every_route(live_headend: LiveHeadend, http: httpx.AsyncClient) -> None:
     r = await http.get("/openapi.json")
     assert r.status_code == 200
     doc = r.json()
     assert doc["openapi"].startswith("3.")
-    app = create_app(live_headend.headend, trio.CapacityLimiter(1))  # the same routes the running server has
+    app = create_app(live_headend.headend, IntakeTurns())  # the same routes the running server has
     routes: dict[str, set[str]] = {}
     for rule in app.url_map.iter_rules():
         if rule.endpoint == "static":

@@ -13,7 +13,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import structlog
 import trio
@@ -55,15 +55,44 @@ METHOD = "Stream"
 # it. Interleaved at 20,000 points/s live (`bench --only dispatch`, three pairs): dispatch p99 107 /
 # 132 / 184 ms against 424 / 425 / 325, as much stored (16.4k-18.5k against 17.3k-17.9k points/s);
 # flood ingest no lower (two pairs: live 60k / 63k against 63k / 58k, merged 157k / 149k against
-# 145k / 139k): a round's own cost is small beside the messages in it. One turn halved the tail
-# again (p99 45 / 69 / 75 ms) but stored 14k-16k points/s against 17k-19k: intake under overload.
+# 145k / 139k): a round's own cost is small beside the messages in it.
 INTAKE_TURNS = 2
 TURN_MESSAGES = 8
+# One turn while a dispatch request is served (`IntakeTurns.giving_way`). One turn throughout halved
+# the tail again in a slow hour (p99 45 / 69 / 75 ms against 128 / 146 / 118) but stored 14k-16k
+# points/s against 17k-19k: intake under overload. Only while a dispatch waits, telemetry waits
+# instead (its agents spool it; nothing is lost) and floods without dispatches keep both turns.
+# Interleaved in a fast hour (`bench --only dispatch --no-postgres`): p99 28 / 25 ms against 35 / 47,
+# as much stored (19.9k / 19.7k against 19.7k / 19.7k points/s).
+DISPATCHING_TURNS = 1
 # A stream owed the outcome of a setpoint leaves the line (its reply is queued behind its own
 # telemetry: a stream is in order), so an operator's dispatch does not wait for the whole fleet's
 # backlog. For at most this long after the last setpoint sent (an agent that never answers).
 REPLY_PRIORITY_S = 10.0
 _TELEMETRY = frozenset({"telemetry_batch", "telemetry"})
+
+
+class IntakeTurns:
+    """The telemetry intake's turns (`limiter`, taken by the agent streams' readers): INTAKE_TURNS,
+    and DISPATCHING_TURNS while any dispatch request is being served (`giving_way`, around the REST
+    handler: from its body read to the outcome it waits for)."""
+
+    def __init__(self, turns: int = INTAKE_TURNS, dispatching_turns: int = DISPATCHING_TURNS) -> None:
+        self.limiter = trio.CapacityLimiter(turns)
+        self._turns = turns
+        self._dispatching_turns = min(dispatching_turns, turns)
+        self._dispatching = 0
+
+    @contextlib.contextmanager
+    def giving_way(self) -> Iterator[None]:
+        self._dispatching += 1
+        self.limiter.total_tokens = self._dispatching_turns  # turns held now run to their end
+        try:
+            yield
+        finally:
+            self._dispatching -= 1
+            if not self._dispatching:
+                self.limiter.total_tokens = self._turns  # wakes the streams waiting in line
 
 
 class _Replies:
@@ -254,11 +283,11 @@ async def serve_agents(
     accept: trio.MemorySendChannel[AgentConnection],
     clock: WallClock,
     *,
-    intake: trio.CapacityLimiter | None = None,
+    intake: IntakeTurns | None = None,
     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve AgentLink.Stream on host:port; reports the bound port. `clock` stamps received telemetry;
     `intake`: the telemetry turns (default INTAKE_TURNS of them)."""
-    intake = intake or trio.CapacityLimiter(INTAKE_TURNS)
+    intake = intake or IntakeTurns()
     async with accept:
-        await serve_grpc_consumers(host, port, agent_streams(accept, clock, intake), task_status=task_status)
+        await serve_grpc_consumers(host, port, agent_streams(accept, clock, intake.limiter), task_status=task_status)

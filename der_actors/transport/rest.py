@@ -30,6 +30,7 @@ from der_actors.requests import (
 )
 from der_actors.storage.base import StorageUnavailable
 from der_actors.transport import json_views as jv
+from der_actors.transport.grpc_server import IntakeTurns
 from der_actors.transport.openapi import DOCS_HTML, openapi_document
 
 log = structlog.get_logger("der.rest")
@@ -43,8 +44,9 @@ def error(status: int, code: str, message: str, field: str | None = None) -> tup
     return jsonify({"error": {"code": code, "message": message, "field": field}}), status
 
 
-def create_app(headend: Headend, intake: trio.CapacityLimiter) -> QuartTrio:
-    """`intake`: the gRPC server's telemetry turns, which /health reports."""
+def create_app(headend: Headend, intake: IntakeTurns) -> QuartTrio:
+    """`intake`: the gRPC server's telemetry turns, which /health reports and a dispatch request
+    narrows while it is served."""
     app = QuartTrio("der_actors")
     app.config["JSON_SORT_KEYS"] = False
     app.json.sort_keys = False
@@ -84,6 +86,7 @@ def create_app(headend: Headend, intake: trio.CapacityLimiter) -> QuartTrio:
     @app.get("/health")
     async def health():
         now = trio.current_time()
+        turns = intake.limiter
         return {
             # 200 either way: the process serves ("now" and dispatch never wait for the database)
             "status": "ok" if ctx.store.healthy else "degraded",
@@ -93,8 +96,8 @@ def create_app(headend: Headend, intake: trio.CapacityLimiter) -> QuartTrio:
             "history": ctx.store.status(),
             # streams waiting in line for a telemetry turn: above zero for long, agents offer more
             # than the headend takes in (they are held back and spool; see transport/grpc_server.py)
-            "intake": {"turns": intake.total_tokens, "in_use": intake.borrowed_tokens,
-                       "streams_waiting": intake.statistics().tasks_waiting},
+            "intake": {"turns": turns.total_tokens, "in_use": turns.borrowed_tokens,
+                       "streams_waiting": turns.statistics().tasks_waiting},
         }
 
     @app.get("/sites")
@@ -185,10 +188,11 @@ def create_app(headend: Headend, intake: trio.CapacityLimiter) -> QuartTrio:
     @app.post("/dispatch")
     async def dispatch():
         wait_s = parse_wait(request.args.get("wait"), request.args.get("timeout_s"))
-        req = parse_dispatch(parse_json(await request.get_data()), inventory)
-        view = await ctx.dispatches.submit(req)
-        if wait_s is not None and not view.lifecycle.state.terminal:
-            view = await ctx.dispatches.wait_terminal(view.dispatch_id, wait_s)
+        with intake.giving_way():
+            req = parse_dispatch(parse_json(await request.get_data()), inventory)
+            view = await ctx.dispatches.submit(req)
+            if wait_s is not None and not view.lifecycle.state.terminal:
+                view = await ctx.dispatches.wait_terminal(view.dispatch_id, wait_s)
         return jv.dispatch_json(view), 200 if view.lifecycle.state.terminal else 202
 
     @app.get("/dispatch")
