@@ -8,6 +8,8 @@ generic tuple-merging version before that, 8 % more.)
 
 from __future__ import annotations
 
+import hashlib
+import math
 from collections.abc import Iterable, Sequence
 
 from der_actors.messages import SeqRange
@@ -15,6 +17,30 @@ from der_actors.messages import SeqRange
 # An asset's pending spans are joined once they pass this (an agent not reading its stream keeps
 # getting points stored but no acks sent): what stays is one span per gap in its seqs.
 SPANS_JOINED_AT = 64
+
+
+class AckSlots:
+    """When a session's next ack goes: in a slot of its own grid (every `interval_s`, at a phase
+    from the gateway id, or the agent id of a single-asset agent: stable across reconnects and test
+    runs), and not in the slot of the last ack.
+
+    One commit acknowledges points of hundreds of gateways. Acked as soon as committed, their acks
+    went in step: under live load at 20,000 points/s, scheduler rounds of 270 to 780 stream-writer
+    steps (20 to 64 ms each) sent a commit's acks, and a dispatch in flight waited them out. On grids
+    of spread phases they go a few at a time.
+    """
+
+    def __init__(self, gateway_id: str, interval_s: float) -> None:
+        self.interval_s = interval_s
+        digest = hashlib.blake2b(gateway_id.encode(), digest_size=8).digest()  # even for similar ids (CRC-32 is not)
+        self.phase_s = int.from_bytes(digest, "big") / 2**64 * interval_s
+
+    def next(self, now: float, last_ack_at: float) -> float:
+        """The first slot at or after `now`, and at least `interval_s` after `last_ack_at`."""
+        earliest = max(now, last_ack_at + self.interval_s)
+        # the slot the last ack went in plus one interval is a slot itself, not the one after it
+        k = math.ceil((earliest - self.phase_s) / self.interval_s - 1e-9)
+        return self.phase_s + k * self.interval_s
 
 
 def seqs_by_asset(keys: Iterable[Sequence]) -> dict[str, list[int]]:

@@ -6,9 +6,11 @@ import attrs
 import pytest
 import trio
 
+from der_actors.acks import AckSlots
 from der_actors.actors.asset import SetpointSet, open_asset
 from der_actors.actors.context import HeadendConfig
 from der_actors.actors.headend import run_headend
+from der_actors.actors.session import ACK_INTERVAL_S
 from der_actors.clock import WallClock
 from der_actors.dispatching import DispatchRequest
 from der_actors.inventory import load_inventory
@@ -24,6 +26,7 @@ from der_actors.transport.link import MemoryNetwork
 EPOCH = 1_800_000_000.0
 INV = load_inventory("assets.yaml")
 HARBOUR = "7e3a446b-8390-41f8-ba6c-946169ccf1e8"
+GW_ACK_PHASE_S = AckSlots("gw", ACK_INTERVAL_S).phase_s  # where gateway "gw"'s ack slots fall: 0.666 s
 BESS1, BESS2, BESS3 = (a.id for a in INV.assets_of(HARBOUR))
 
 
@@ -163,33 +166,32 @@ async def test_stored_telemetry_is_acknowledged_to_the_agent_after_the_commit(he
             [SeqRange(a, 1, 3) for a in (BESS1, BESS2)] + [SeqRange(a, 5, 5) for a in (BESS1, BESS2)],
             key=lambda r: (r.asset_id, r.first_seq),
         )
-        assert trio.current_time() == pytest.approx(0.05)  # one batch delay: acked only once written
+        # written after one batch delay (0.05 s), acked in the session's first slot after that
+        assert trio.current_time() == pytest.approx(GW_ACK_PHASE_S)
 
 
-async def test_acks_are_coalesced_to_one_per_interval_and_the_first_is_not_delayed(headend, autojump_clock):
+async def test_acks_go_one_a_slot_each_covering_everything_stored_since_the_last(headend, autojump_clock):
     async with headend.network.dial("gw") as edge:
         await register(edge, BESS1)
-        t0 = trio.current_time()
+        assert trio.current_time() == 0
         acks = []
 
         async def receive_acks():
             async for msg in edge.inbound:
                 if isinstance(msg, TelemetryAck):
-                    acks.append((round(trio.current_time() - t0, 3), msg.ranges))
+                    acks.append((round(trio.current_time(), 4), msg.ranges))
 
         async with trio.open_nursery() as nursery:
             nursery.start_soon(receive_acks)
-            for seq in range(1, 6):  # a batch every 0.1 s: stored 0.05 s after each, acked at most every 0.25 s
+            for seq, at in enumerate((0.0, 0.2, 0.4, 0.8, 1.0), start=1):  # each stored 0.05 s later
+                await trio.sleep_until(at)
                 await edge.outbound.send(TelemetryBatch((Telemetry(BESS1, HARBOUR, seq, EPOCH + seq, 1.0, 0.0),)))
-                await trio.sleep(0.1)
-            await trio.sleep(1)
+            await trio.sleep(3)
             nursery.cancel_scope.cancel()
-        # seq 1 stored at 0.05: acked at once. 2-3 stored by 0.25: acked at 0.30 (0.05 + 0.25).
-        # 4-5 stored by 0.45: acked at 0.55. Each ack covers everything stored since the last one.
+        # slots at 0.666 + k s: seqs 1-3 (stored by 0.45) in the first, 4-5 (by 1.05) in the next
         assert acks == [
-            (0.05, (SeqRange(BESS1, 1, 1),)),
-            (0.3, (SeqRange(BESS1, 2, 3),)),
-            (0.55, (SeqRange(BESS1, 4, 5),)),
+            (round(GW_ACK_PHASE_S, 4), (SeqRange(BESS1, 1, 3),)),
+            (round(GW_ACK_PHASE_S + ACK_INTERVAL_S, 4), (SeqRange(BESS1, 4, 5),)),
         ]
 
 

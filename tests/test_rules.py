@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 
 import attrs
@@ -224,6 +225,23 @@ def test_pending_acks_of_an_agent_that_never_reads_stay_one_span_per_gap():
         assert len(pending._older.get("a", ())) + 1 <= SPANS_JOINED_AT  # the older spans and the newest
     pending.add("a", [n + 2])  # one gap
     assert pending.take() == [SeqRange("a", 1, n), SeqRange("a", n + 2, n + 2)]
+
+
+def test_ack_slots_of_many_gateways_spread_over_the_interval_and_each_keeps_its_own_grid():
+    from der_actors.acks import AckSlots
+
+    phases = [AckSlots(f"gw-{i:04d}", 1.0).phase_s for i in range(1000)]
+    tenths = [sum(1 for p in phases if k / 10 <= p < (k + 1) / 10) for k in range(10)]
+    assert min(tenths) >= 70 and max(tenths) <= 130, tenths  # ~100 of 1,000 in each tenth of a second
+
+    slots = AckSlots("gw-0001", 1.0)
+    p = slots.phase_s
+    assert slots.next(now=0.0, last_ack_at=-math.inf) == pytest.approx(p)  # the first slot from now
+    assert slots.next(now=p, last_ack_at=-math.inf) == pytest.approx(p)  # a slot that is now: this one
+    assert slots.next(now=p, last_ack_at=p) == pytest.approx(p + 1)  # one ack a slot
+    assert slots.next(now=p + 1, last_ack_at=p) == pytest.approx(p + 1)  # float error does not skip one
+    assert slots.next(now=p + 1.2, last_ack_at=p) == pytest.approx(p + 2)
+    assert slots.next(now=p + 0.3, last_ack_at=p + 0.2) == pytest.approx(p + 2)  # an ack sent late in its slot
 
 
 def test_committed_rows_become_each_sessions_fewest_ranges():
