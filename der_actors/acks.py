@@ -66,9 +66,10 @@ class PendingAcks:
     for each collection to walk (10,000 of them, one an asset, in a gen-0 of the live dispatch
     pass)."""
 
-    __slots__ = ("_first", "_last", "_older")
+    __slots__ = ("_first", "_last", "_older", "points")
 
     def __init__(self) -> None:
+        self.points = 0  # seqs added since the last take (repeats counted)
         self._first: dict[str, int] = {}
         self._last: dict[str, int] = {}
         self._older: dict[str, list[tuple[int, int]]] = {}
@@ -77,6 +78,7 @@ class PendingAcks:
         """These seqs of the asset are stored (in any order; repeats are harmless)."""
         if not seqs:
             return
+        self.points += len(seqs)
         first, last = self._first.get(asset_id), self._last.get(asset_id)
         for seq in seqs:
             if last is not None and last + 1 == seq:  # the common case: the next seq in order
@@ -107,6 +109,7 @@ class PendingAcks:
             else:
                 out.append(SeqRange(asset_id, first, last_of[asset_id]))
         self._first, self._last, self._older = {}, {}, {}
+        self.points = 0
         return out
 
 

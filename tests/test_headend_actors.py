@@ -10,7 +10,7 @@ from der_actors.acks import AckSlots
 from der_actors.actors.asset import SetpointSet, open_asset
 from der_actors.actors.context import HeadendConfig
 from der_actors.actors.headend import run_headend
-from der_actors.actors.session import ACK_INTERVAL_S
+from der_actors.actors.session import ACK_AT_ONCE_POINTS, ACK_INTERVAL_S
 from der_actors.clock import WallClock
 from der_actors.dispatching import DispatchRequest
 from der_actors.inventory import load_inventory
@@ -168,6 +168,16 @@ async def test_stored_telemetry_is_acknowledged_to_the_agent_after_the_commit(he
         )
         # written after one batch delay (0.05 s), acked in the session's first slot after that
         assert trio.current_time() == pytest.approx(GW_ACK_PHASE_S)
+
+
+async def test_a_backlog_is_acked_once_stored_not_in_the_sessions_slot(headend, autojump_clock):
+    async with headend.network.dial("gw") as edge:
+        await register(edge, BESS1)
+        backlog = [Telemetry(BESS1, HARBOUR, seq, EPOCH + seq, 1.0, 0.0) for seq in range(1, ACK_AT_ONCE_POINTS + 1)]
+        await edge.outbound.send(TelemetryBatch(tuple(backlog)))
+        ack = await edge.inbound.receive()
+        assert ack == TelemetryAck((SeqRange(BESS1, 1, ACK_AT_ONCE_POINTS),))
+        assert trio.current_time() == pytest.approx(0.05)  # one batch delay, well before the slot at 0.666
 
 
 async def test_acks_go_one_a_slot_each_covering_everything_stored_since_the_last(headend, autojump_clock):

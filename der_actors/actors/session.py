@@ -44,16 +44,19 @@ log = structlog.get_logger("der.session")
 # arrives at once (at most one per asset and one per site: newer ones supersede older). Full means
 # the agent is not draining its stream; a dispatch then fails fast instead of queueing behind it.
 COMMAND_INBOX = 1024
-# TelemetryAcks to one agent go out once a slot at most, each covering everything stored since the
-# last. Under load the store commits many small batches a second per session, and one ack message
-# per commit cost as much as the telemetry it acknowledged. The slots are every ACK_INTERVAL_S at a
-# phase of the session's own (`acks.AckSlots`), so one commit's acks to hundreds of agents do not go
-# out in one scheduler round. 0.25 s acked as soon as possible (the first after a quiet spell at
-# once): live dispatch p99 40 / 58 ms; 1 s in slots: 24 / 16 / 28 / 18 ms, as much stored or more
-# (`bench --only dispatch --no-postgres`, interleaved; 1 s without slots 28 / 32, 0.25 s in slots
-# no better than without). An agent hears that a point is stored up to 1 s later; it resends only
-# after 60 s (`edge/delivery.py`).
+# TelemetryAcks to one agent each cover everything stored since the last. They go in slots every
+# ACK_INTERVAL_S, at a phase of the session's own (`acks.AckSlots`), so one commit's acks to hundreds
+# of agents do not go out in one scheduler round; or at once when ACK_AT_ONCE_POINTS are pending, so
+# an agent sending a backlog, or a flood, hears promptly (the bench's flood keeps 8 ticks, 80 points,
+# a gateway unacknowledged: acks a second apart would halve it). Under load the store commits many
+# small batches a second, and an ack message per commit cost as much as the telemetry it
+# acknowledged. Live dispatch p99 (`bench --only dispatch --no-postgres`, interleaved): acked as
+# soon as stored, at most every 0.25 s, 40 / 58 ms; in 1 s slots 24 / 16 / 28 / 18 ms, as much
+# stored or more (1 s without slots 28 / 32; 0.25 s slots no better than none). An agent ticking
+# lightly hears that a point is stored up to 1 s later; it resends only after 60 s
+# (`edge/delivery.py`).
 ACK_INTERVAL_S = 1.0
+ACK_AT_ONCE_POINTS = 32
 LINK_ERRORS = (trio.BrokenResourceError, trio.ClosedResourceError)
 
 
@@ -70,7 +73,7 @@ class _Close:
 
 class SessionHandle:
     """Others' view of a session. Attributes are written by the session actor only, except the ack
-    queue (`acks_pending`, `ack_due`), which `ack_stored` fills for the session's ack loop."""
+    queue (`acks_pending`, `ack_due`, `ack_full`), which `ack_stored` fills for the session's ack loop."""
 
     def __init__(self, session_id: str, peer: str, commands: trio.MemorySendChannel) -> None:
         self.session_id = session_id
@@ -82,7 +85,8 @@ class SessionHandle:
         self.points = 0
         self.ignored_points = 0
         self.acks_pending = PendingAcks()  # stored, not yet acknowledged (see ACK_INTERVAL_S)
-        self.ack_due = trio.Event()
+        self.ack_due = trio.Event()  # points are pending
+        self.ack_full = trio.Event()  # ACK_AT_ONCE_POINTS are
 
     def send_setpoint(self, setpoint: Setpoint) -> bool:
         """Queue a setpoint for the agent; False when the session cannot take it (closing or stuck)."""
@@ -94,8 +98,11 @@ class SessionHandle:
 
     def ack_stored(self, asset_id: str, seqs: list[int]) -> None:
         """Tell the agent these points of the asset are stored (in the session's next TelemetryAck)."""
-        self.acks_pending.add(asset_id, seqs)
+        pending = self.acks_pending
+        pending.add(asset_id, seqs)
         self.ack_due.set()
+        if pending.points >= ACK_AT_ONCE_POINTS:
+            self.ack_full.set()
 
     def lost_asset(self, asset_id: str, reason: str) -> None:
         try:
@@ -315,9 +322,11 @@ class Session:
             await handle.ack_due.wait()
             if slots is None:  # points are stored (and acked) only once registered
                 slots = AckSlots(handle.summary.gateway_id if handle.summary else handle.session_id, ACK_INTERVAL_S)
-            # in the next slot: with it goes whatever else is stored meanwhile
-            await trio.sleep_until(slots.next(trio.current_time(), last_ack_at))
-            handle.ack_due = trio.Event()
+            # in the next slot, or once ACK_AT_ONCE_POINTS are pending; with it goes whatever else
+            # is stored meanwhile
+            with trio.move_on_at(slots.next(trio.current_time(), last_ack_at)):
+                await handle.ack_full.wait()
+            handle.ack_due, handle.ack_full = trio.Event(), trio.Event()
             await self._send(TelemetryAck(tuple(handle.acks_pending.take())))
             last_ack_at = trio.current_time()
 
