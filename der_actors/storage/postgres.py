@@ -18,14 +18,14 @@ kept to measure.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 
 import psycopg
 import psycopg.errors
 from psycopg.conninfo import conninfo_to_dict
 
-from der_actors.storage.base import StorageConfigError
-from der_actors.storage.rows import TELEMETRY_COLUMNS
+from der_actors.storage.base import PointRow, StorageConfigError
+from der_actors.storage.rows import TELEMETRY_COLUMNS, telemetry_row
 from der_actors.storage.schema import HISTORY_TABLES, POSTGRES_TYPES
 from der_actors.storage.sql import SqlStorage
 
@@ -94,7 +94,8 @@ class PostgresStorage(SqlStorage):
         if self.telemetry_path == "copy":
             conn.execute("CREATE TEMP TABLE IF NOT EXISTS telemetry_stage (LIKE telemetry) ON COMMIT DELETE ROWS")
 
-    def _insert_telemetry(self, conn: psycopg.Connection, rows: list[tuple]) -> int:
+    def _insert_telemetry(self, conn: psycopg.Connection, points: Sequence[PointRow], keys: Mapping[str, int]) -> int:
+        rows = [telemetry_row(keys[p[0]], p) for p in points]
         with conn.cursor() as cur:
             if self.telemetry_path == "executemany":
                 cur.executemany(_INSERT_TELEMETRY, rows)

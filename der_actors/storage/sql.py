@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import structlog
@@ -26,6 +26,7 @@ from der_actors.model import Inventory
 from der_actors.storage import rows as R
 from der_actors.storage.base import (
     HeartbeatRow,
+    PointRow,
     SchemaTooNew,
     StorageConfigError,
     StorageUnavailable,
@@ -153,8 +154,9 @@ class SqlStorage:
     def _executemany(self, conn: Any, sql: str, params: list[tuple]) -> int:
         raise NotImplementedError
 
-    def _insert_telemetry(self, conn: Any, rows: list[tuple]) -> int:
-        """Insert rows (in `TELEMETRY_COLUMNS` order), skipping stored `(asset_key, seq)`; returns new."""
+    def _insert_telemetry(self, conn: Any, points: Sequence[PointRow], keys: Mapping[str, int]) -> int:
+        """Insert the points as rows in `TELEMETRY_COLUMNS` order (each asset_id swapped for its key
+        in `keys`), skipping stored `(asset_key, seq)`; returns how many were new."""
         raise NotImplementedError
 
     def _prepare_writer(self, conn: Any) -> None:
@@ -301,11 +303,10 @@ class SqlStorage:
         inserted = 0
         if batch.points:
             keys = self._keys
-            rows = []
-            for row in batch.points:  # PointRow: asset_id first, site_id fifth
-                key = keys.get(row[0]) or self._key(conn, row[0], row[4], new_keys)
-                rows.append(R.telemetry_row(key, row))
-            inserted = self._insert_telemetry(conn, rows)
+            # PointRow: asset_id first, site_id fifth; an asset not saved yet gets its key first
+            for asset_id, site_id in {row[0]: row[4] for row in batch.points if row[0] not in keys}.items():
+                self._key(conn, asset_id, site_id, new_keys)
+            inserted = self._insert_telemetry(conn, batch.points, {**keys, **new_keys} if new_keys else keys)
         for v in batch.dispatches:
             rec, created_at = self._x(conn, _DISPATCH_UPSERT, R.dispatch_row(v)).fetchone()
             self._executemany(
