@@ -85,12 +85,12 @@ class SqliteStorage(SqlStorage):
             return 0
         return conn.executemany(sql, params).rowcount
 
-    def _insert_telemetry(self, conn: sqlite3.Connection, rows: Sequence[PointRow], keys: Mapping[str, int]) -> int:
+    def _insert_telemetry(self, conn: sqlite3.Connection, points: Sequence[PointRow], keys: Mapping[str, int]) -> int:
         width = len(TELEMETRY_COLUMNS)
         per = min(ROWS_PER_INSERT, conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) // width)
         new = 0
-        for i in range(0, len(rows), per):
-            chunk = rows[i:i + per]
+        for i in range(0, len(points), per):
+            chunk = points[i:i + per]
             params = list(itertools.chain.from_iterable(chunk))
             # each row's asset_id becomes its key in one slice assignment: no tuple made a row (this
             # thread holds the GIL meanwhile, which the trio thread waits for)
