@@ -66,13 +66,10 @@ T = TypeVar("T")
 async def _held(lock: trio.Lock) -> AsyncIterator[None]:
     """`async with lock`, without the scheduler trip when the lock is free (the writer's usual case:
     only the pruner takes it too), which was one round of the loop per batch."""
-    try:
-        lock.acquire_nowait()
-        free = True
-    except trio.WouldBlock:
-        free = False
-    if not free:
-        await lock.acquire()  # not inside the `except`: see actors/channels.py
+    if lock.locked():
+        await lock.acquire()
+    else:
+        lock.acquire_nowait()  # a free trio Lock is taken at once (a released one goes to its next waiter)
     try:
         yield
     finally:
