@@ -6,18 +6,53 @@ from __future__ import annotations
 
 import trio
 import trio.testing
-from hyperframe.frame import DataFrame
+import h2.config
+import h2.connection
+from hyperframe.frame import DataFrame, Frame
 
 from der_actors.transport.pb import agent_pb2 as pb
 from der_actors.transport.purerpc_compat import dial_grpc, receive_message, serve_grpc, serve_grpc_consumers
 
 
-def test_a_data_frames_repr_is_the_text_hyperframe_gave():
-    # h2 formats it for every received frame; the patch only stops hexlifying the whole payload
-    assert repr(DataFrame(3, data=bytes(range(200)))) == "DataFrame(stream_id=3, flags=[]): <hex:00010203040506070809...>"
-    assert repr(DataFrame(3, data=b"\x0a\x0b")) == "DataFrame(stream_id=3, flags=[]): <hex:0a0b>"
-    assert repr(DataFrame(1, data=bytes(10))) == "DataFrame(stream_id=1, flags=[]): <hex:00000000000000000000>"
-    assert repr(DataFrame(1)) == "DataFrame(stream_id=1, flags=[]): None"
+class _TraceLog:
+    """An h2 logger that keeps what it is asked to log at trace level, formatted."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def debug(self, fmtstr: str, *args) -> None:
+        pass
+
+    def trace(self, fmtstr: str, *args) -> None:
+        self.lines.append(fmtstr % args)
+
+
+def _client_bytes() -> bytes:
+    client = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+    client.initiate_connection()
+    client.send_headers(1, [(":method", "POST"), (":path", "/x"), (":scheme", "http"), (":authority", "h")])
+    client.send_data(1, bytes(range(200)))
+    return client.data_to_send()
+
+
+def test_h2_formats_no_frame_unless_its_logger_logs(monkeypatch) -> None:
+    formatted = []
+    real_repr = Frame.__repr__
+    monkeypatch.setattr(Frame, "__repr__", lambda f: formatted.append(f) or real_repr(f))
+    server = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False))
+    events = server.receive_data(_client_bytes())
+    assert [type(e).__name__ for e in events] == ["RemoteSettingsChanged", "RequestReceived", "DataReceived"]
+    assert formatted == []
+
+
+def test_h2s_trace_log_shows_each_frame_as_hyperframe_writes_it() -> None:
+    log = _TraceLog()
+    server = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False, logger=log))
+    server.receive_data(_client_bytes())
+    frames = [line for line in log.lines if line.startswith("Received frame: ")]
+    assert frames[0].startswith("Received frame: SettingsFrame(stream_id=0, flags=[]): ")
+    assert frames[-1] == "Received frame: " + repr(DataFrame(1, data=bytes(range(200))))
+    assert frames[-1].endswith("<hex:00010203040506070809...>")
 
 
 # --- a stream served through a consumer, and the socket writer, over a real socket --------------------
