@@ -68,7 +68,8 @@ def main(argv: list[str] | None = None) -> None:
         settings = load_settings(argv)
         logs.configure(settings.log_format)
         inventory = load_inventory(settings.assets_path)
-        storage = open_storage(settings.database_url, reset=settings.reset_db)
+        storage = open_storage(settings.database_url, reset=settings.reset_db, writer=settings.storage_writer,
+                               log_format=settings.log_format)
     except (ConfigError, StorageConfigError) as exc:
         sys.exit(f"der-headend: {exc}")
     except InventoryError as exc:

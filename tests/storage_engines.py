@@ -50,32 +50,36 @@ def postgres_schema(url: str) -> Iterator[str]:
 class Engine:
     name: str  # "memory", "sqlite" or "postgres"
     url: str
+    writer: str = "thread"  # SQLite's and PostgreSQL's writes: "thread", or "process" (the headend's default)
 
     def open(self, *, reset: bool = False) -> Storage:
-        return open_storage(self.url, reset=reset)
+        return open_storage(self.url, reset=reset, writer=self.writer)
 
 
 @contextlib.contextmanager
 def engine_for(name: str, tmp_path) -> Iterator[Engine]:
+    """`name`: memory, sqlite or postgres; `+process` for writes in a writer process."""
+    name, _, writer = name.partition("+")
     if name == "memory":
         yield Engine(name, "memory://")
     elif name == "sqlite":
-        yield Engine(name, f"sqlite:///{tmp_path / 'history.sqlite3'}")
+        yield Engine(name, f"sqlite:///{tmp_path / 'history.sqlite3'}", writer or "thread")
     else:
         if not PG_URL:
             pytest.skip(PG_SKIP)
         with postgres_schema(PG_URL) as url:
-            yield Engine(name, url)
+            yield Engine(name, url, writer or "thread")
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
+@pytest.fixture(params=["sqlite", "sqlite+process", "postgres", "postgres+process"])
 def engine(request, tmp_path) -> Iterator[Engine]:
-    """A durable engine: SQLite in tmp_path, or PostgreSQL in a schema of its own."""
+    """A durable engine: SQLite in tmp_path, or PostgreSQL in a schema of its own; each with its
+    writes in a worker thread or in a writer process."""
     with engine_for(request.param, tmp_path) as e:
         yield e
 
 
-@pytest.fixture(params=["memory", "sqlite", "postgres"])
+@pytest.fixture(params=["memory", "sqlite", "sqlite+process", "postgres", "postgres+process"])
 def any_engine(request, tmp_path) -> Iterator[Engine]:
     """Every engine, memory included (for behaviour all three must share)."""
     with engine_for(request.param, tmp_path) as e:

@@ -5,6 +5,9 @@
 - `sqlite:///relative/path.sqlite3` or `sqlite:////absolute/path.sqlite3`;
 - `postgresql://user[:password]@host[:port]/dbname[?options=-csearch_path%3Dschema]` (or `postgres://`);
 - `memory://`: bounded in-memory history, gone on restart (tests, demos).
+
+`writer`: where SQLite's and PostgreSQL's writes run: `"thread"` (a worker thread of this process)
+or `"process"` (a child process of their own, `writer_process.py`: the headend's default).
 """
 
 from __future__ import annotations
@@ -21,13 +24,19 @@ log = structlog.get_logger("der.storage")
 DEFAULT_SQLITE_PATH = "der_headend.sqlite3"
 
 
-def open_storage(url: str, *, reset: bool = False) -> Storage:
+WRITERS = ("process", "thread")
+
+
+def open_storage(url: str, *, reset: bool = False, writer: str = "thread", log_format: str = "kv") -> Storage:
     """Open and migrate the store `url` names; `reset` empties its history (RESET_DB).
 
     Raises `StorageConfigError` for a URL we cannot use, an SQLite file we cannot open, or a schema
     newer than this headend (`SchemaTooNew`). An unreachable PostgreSQL does not stop start-up: the
     headend runs, buffers history, and connects (and migrates, and resets) when the server is back.
+    `log_format`: the writer process's logs (`logs.configure`).
     """
+    if writer not in WRITERS:
+        raise StorageConfigError(f"STORAGE_WRITER: must be one of {', '.join(WRITERS)}, got {writer!r}")
     if url == "memory://":
         storage = MemoryStorage()
         if reset:
@@ -39,7 +48,7 @@ def open_storage(url: str, *, reset: bool = False) -> Storage:
         path = url[len("sqlite:///"):] if url else DEFAULT_SQLITE_PATH
         if not path:
             raise StorageConfigError(f"DATABASE_URL: no file in {url!r} (use sqlite:///path/to/file.sqlite3)")
-        storage = SqliteStorage(path)
+        storage = _engine(SqliteStorage, {"path": path}, writer, log_format)
         try:
             storage.open(reset=reset)
         except StorageUnavailable as exc:
@@ -52,7 +61,7 @@ def open_storage(url: str, *, reset: bool = False) -> Storage:
     if url.startswith(("postgresql://", "postgres://")):
         from der_actors.storage.postgres import PostgresStorage
 
-        storage = PostgresStorage(url)
+        storage = _engine(PostgresStorage, {"url": url}, writer, log_format)
         try:
             storage.open(reset=reset)
         except StorageUnavailable as exc:
@@ -65,3 +74,11 @@ def open_storage(url: str, *, reset: bool = False) -> Storage:
     raise StorageConfigError(
         f"DATABASE_URL: unsupported scheme in {url!r} (use sqlite:///path, postgresql://..., or memory://)"
     )
+
+
+def _engine(engine_type, engine_args: dict, writer: str, log_format: str) -> Storage:
+    if writer == "thread":
+        return engine_type(**engine_args)
+    from der_actors.storage.writer_process import WriterProcess
+
+    return WriterProcess(engine_type, engine_args, log_format=log_format)

@@ -171,6 +171,12 @@ class SqlStorage:
     def _x(self, conn: Any, sql: str, params: tuple = ()) -> Any:
         return conn.execute(self._q(sql), params)
 
+    def restore(self, inventory: Inventory | None, *, reset: bool = False) -> None:
+        """What a new instance needs to carry on from another (a writer process started again):
+        the inventory to re-apply on connecting, and a reset not done yet. Connects later."""
+        self._inventory = inventory
+        self._reset_pending = reset
+
     def open(self, *, reset: bool = False) -> None:
         """Connect and migrate now (start-up). `reset` empties every history table (RESET_DB).
         A newer schema raises `SchemaTooNew`; an unreachable database raises `StorageUnavailable`."""

@@ -1,0 +1,111 @@
+"""The writer process (`storage/writer_process.py`) where it differs from a writer thread: its
+death, and signals to the process group. The storage suites run every engine through it too
+(`storage_engines.py`: `sqlite+process`, `postgres+process`). Real SQLite, a real child process;
+the waits are for a condition, bounded, and nothing asserts on timing."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import threading
+import time
+
+import pytest
+
+from der_actors.inventory import load_inventory
+from der_actors.storage import open_storage
+from der_actors.storage.base import StorageUnavailable, WriteBatch
+from der_actors.storage.writer_process import WriterProcess
+
+INV = load_inventory("assets.yaml")
+ASSET = INV.assets[0]
+
+
+def rows(*seqs: int) -> list[tuple]:
+    return [(ASSET.id, s, 1_800_000_000.0 + s, 1_800_000_000.5 + s, ASSET.site_id, 0.5, 0.0, True, "ok", "", None)
+            for s in seqs]
+
+
+@pytest.fixture
+def storage(tmp_path):
+    s = open_storage(f"sqlite:///{tmp_path / 'h.sqlite3'}", reset=True, writer="process")
+    assert isinstance(s, WriterProcess)
+    s.save_inventory(INV)
+    yield s
+    s.close()
+
+
+def stored_seqs(s: WriterProcess) -> list[int]:
+    return sorted(sp.point.seq for sp in s.telemetry_history(ASSET.id, None, None, 100))
+
+
+def test_a_writer_that_dies_mid_write_fails_that_write_as_unavailable_and_the_next_one_starts_another(storage, tmp_path):
+    assert storage.write(WriteBatch(rows(1, 2))) == 2
+    first = storage.pid
+    # the database locked by another writer: the child waits in its busy timeout, mid-write
+    blocker = sqlite3.connect(tmp_path / "h.sqlite3", isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")
+    outcome: list[BaseException | int] = []
+    writing = threading.Thread(target=lambda: outcome.append(_call(storage.write, WriteBatch(rows(3)))))
+    writing.start()
+    _wait_in_sqlites_busy_handler(first)
+    os.kill(first, signal.SIGKILL)
+    writing.join(timeout=10)
+    blocker.execute("ROLLBACK")
+    blocker.close()
+
+    assert isinstance(outcome[0], StorageUnavailable)
+    assert "writer process ended (exit code -9)" in str(outcome[0])
+    # the store retries the rows: a new child, the inventory re-applied, the reset not done again
+    assert storage.write(WriteBatch(rows(3, 4))) == 2
+    assert storage.pid not in (None, first)
+    assert stored_seqs(storage) == [1, 2, 3, 4]
+
+
+def test_a_ctrl_c_to_the_process_group_leaves_the_writer_to_the_headends_last_flush(storage):
+    storage.write(WriteBatch(rows(1)))
+    pid = storage.pid
+    os.kill(pid, signal.SIGINT)
+    assert storage.write(WriteBatch(rows(2))) == 1
+    assert storage.pid == pid
+    assert stored_seqs(storage) == [1, 2]
+
+
+def test_a_row_that_cannot_cross_to_the_writer_is_refused_and_the_writer_goes_on(storage):
+    with pytest.raises(ValueError, match="unmarshallable"):
+        storage.write(WriteBatch([(ASSET.id, 1, object(), 0.0, ASSET.site_id, 0.5, 0.0, True, "ok", "", None)]))
+    pid = storage.pid
+    assert storage.write(WriteBatch(rows(1))) == 1
+    assert storage.pid == pid
+
+
+def test_closing_the_storage_ends_its_writer(storage):
+    storage.write(WriteBatch(rows(1)))
+    pid = storage.pid
+    storage.close()
+    assert storage.pid is None
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)  # reaped
+    with pytest.raises(StorageUnavailable, match="closed"):
+        storage.write(WriteBatch(rows(2)))
+
+
+def _wait_in_sqlites_busy_handler(pid: int) -> None:
+    """Until the process sleeps between SQLite's tries for the lock: only a write request gets there."""
+    deadline = time.monotonic() + 10
+    while _wchan(pid) != "hrtimer_nanosleep":
+        assert time.monotonic() < deadline, f"the writer never waited for the lock (in {_wchan(pid)!r})"
+        time.sleep(0.005)
+
+
+def _wchan(pid: int) -> str:
+    with open(f"/proc/{pid}/wchan") as f:
+        return f.read()
+
+
+def _call(fn, *args):
+    try:
+        return fn(*args)
+    except BaseException as exc:
+        return exc
