@@ -13,8 +13,9 @@ import time
 
 import pytest
 
+from der_actors.config import ConfigError, load_settings
 from der_actors.inventory import load_inventory
-from der_actors.storage import open_storage
+from der_actors.storage import StorageConfigError, open_storage
 from der_actors.storage.base import StorageUnavailable, WriteBatch
 from der_actors.storage.writer_process import WriterProcess
 
@@ -109,3 +110,25 @@ def _call(fn, *args):
         return fn(*args)
     except BaseException as exc:
         return exc
+
+
+def test_auto_puts_sqlites_writes_in_a_process_and_postgresqls_in_a_thread(tmp_path) -> None:
+    from der_actors.storage.postgres import PostgresStorage
+
+    sqlite = open_storage(f"sqlite:///{tmp_path / 'h.sqlite3'}", writer="auto")
+    postgres = open_storage("postgresql://postgres@127.0.0.1:1/none", writer="auto")  # nothing listens on port 1
+    try:
+        assert isinstance(sqlite, WriterProcess) and sqlite.pid is not None
+        assert type(postgres) is PostgresStorage
+    finally:
+        sqlite.close()
+        postgres.close()
+
+
+def test_storage_writer_is_checked_and_named_in_the_error() -> None:
+    assert load_settings([], env={}).storage_writer == "auto"
+    assert load_settings(["--storage-writer", "thread"], env={}).storage_writer == "thread"
+    with pytest.raises(ConfigError, match="STORAGE_WRITER: must be auto, process or thread, got 'fork'"):
+        load_settings([], env={"STORAGE_WRITER": "fork"})
+    with pytest.raises(StorageConfigError, match="STORAGE_WRITER: must be one of auto, process, thread, got 'fork'"):
+        open_storage("memory://", writer="fork")

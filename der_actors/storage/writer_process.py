@@ -44,6 +44,7 @@ from der_actors.views import DispatchView, SessionSummary
 
 log = structlog.get_logger("der.storage")
 
+
 class WriterProcess:
     """The `Storage` of `engine_type(**engine_args)` (an `SqlStorage`), its writes done by a child."""
 
@@ -120,7 +121,6 @@ class WriterProcess:
         with self._lock:
             if self._closed:
                 raise StorageUnavailable(f"{self.describe}: storage closed")
-            pipe = self._pipe if self._child is not None and self._child.poll() is None else self._start_child()
             if op == "write":  # the rows as marshal (C, ~0.2 us a row), the few records pickled
                 batch = args[0]
                 frames = [pickle.dumps((op, (batch.dispatches, batch.sessions, batch.heartbeats), {})),
@@ -128,12 +128,13 @@ class WriterProcess:
             else:
                 frames = [pickle.dumps((op, args, kwargs))]
             try:
+                pipe = self._pipe if self._child is not None and self._child.poll() is None else self._start_child()
                 for frame in frames:
                     pipe.send_bytes(frame)
                 ok, result = pickle.loads(pipe.recv_bytes())
-            except (EOFError, OSError) as exc:
+            except (EOFError, OSError) as exc:  # it died, or could not be started: the store retries
                 code = self._stop_child()
-                raise StorageUnavailable(f"{self.describe}: the writer process ended (exit code {code})") from exc
+                raise StorageUnavailable(f"{self.describe}: the writer process ended (exit code {code}): {exc!r}") from exc
             if not ok:
                 raise result
             self._reset_pending = False  # the child connected (every request does first)
