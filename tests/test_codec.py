@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import gc
+import json
+import math
+import struct
 
+import attrs
 from hypothesis import given
 from hypothesis import strategies as st
 
 from der_actors import messages as m
-from der_actors.storage.rows import point_row, stored_point_of
+from der_actors.storage.rows import details_from, point_row, stored_point_of
 from der_actors.transport import codec
 from der_actors.transport.link import ReceivedPoints
 from der_actors.transport.pb import agent_pb2 as pb
@@ -70,3 +74,23 @@ def test_a_received_row_is_a_tuple_the_collector_stops_tracking():
     (row,) = codec.point_rows_from_pb(wired, T0)
     gc.collect()
     assert type(row) is tuple and not gc.is_tracked(row)
+
+
+@given(details)
+def test_details_are_stored_as_json_that_reads_back_bit_for_bit(d):
+    # the details column: each float's shortest repr (or NaN / Infinity), tagged with its kind
+    text = point_row(m.Telemetry("bess-1", "site", 1, T0, 0.5, 0.0, details=d), T0)[10]
+    back = details_from(text)
+    if d is None:
+        assert text is None and back is None
+        return
+    assert json.loads(text)["kind"] in ("bess", "pv", "wind", "ev")
+    assert type(back) is type(d)
+    assert [_bits(v) for v in attrs.astuple(back)] == [_bits(v) for v in attrs.astuple(d)]
+
+
+def _bits(v: object) -> object:
+    """A float as its bytes (so -0.0 and 0.0 differ), any NaN as "nan" (JSON has one NaN)."""
+    if not isinstance(v, float):
+        return v
+    return "nan" if math.isnan(v) else struct.pack("<d", v)

@@ -15,8 +15,10 @@ import pytest
 
 from der_actors.config import ConfigError, load_settings
 from der_actors.inventory import load_inventory
+from der_actors.messages import Telemetry
 from der_actors.storage import StorageConfigError, open_storage
 from der_actors.storage.base import StorageUnavailable, WriteBatch
+from der_actors.storage.rows import point_row
 from der_actors.storage.writer_process import WriterProcess
 
 INV = load_inventory("assets.yaml")
@@ -24,7 +26,7 @@ ASSET = INV.assets[0]
 
 
 def rows(*seqs: int) -> list[tuple]:
-    return [(ASSET.id, s, 1_800_000_000.0 + s, 1_800_000_000.5 + s, ASSET.site_id, 0.5, 0.0, True, "ok", "", None)
+    return [point_row(Telemetry(ASSET.id, ASSET.site_id, s, 1_800_000_000.0 + s, 0.5, 0.0), 1_800_000_000.5 + s)
             for s in seqs]
 
 
@@ -75,7 +77,7 @@ def test_a_ctrl_c_to_the_process_group_leaves_the_writer_to_the_headends_last_fl
 
 def test_a_row_that_cannot_cross_to_the_writer_is_refused_and_the_writer_goes_on(storage):
     with pytest.raises(ValueError, match="unmarshallable"):
-        storage.write(WriteBatch([(ASSET.id, 1, object(), 0.0, ASSET.site_id, 0.5, 0.0, True, "ok", "", None)]))
+        storage.write(WriteBatch([point_row(Telemetry(ASSET.id, ASSET.site_id, 1, object(), 0.5, 0.0), 0.0)]))
     pid = storage.pid
     assert storage.write(WriteBatch(rows(1))) == 1
     assert storage.pid == pid
