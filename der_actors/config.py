@@ -32,7 +32,7 @@ class HeadendSettings:
     dispatch_ack_timeout_s: float
     dispatch_ttl_s: float = 300.0
     telemetry_retention_days: float = 30.0
-    storage_writer: str = "auto"
+    storage_writer: str = "process"
 
 
 # (env var, flag, default, help)
@@ -44,8 +44,8 @@ _OPTIONS = (
     ("DATABASE_URL", "--database-url", "",
      "history store: sqlite:///path, postgresql://..., memory:// (unset: SQLite der_headend.sqlite3)"),
     ("RESET_DB", "--reset-db", "", "empty history tables at start-up (truthy)"),
-    ("STORAGE_WRITER", "--storage-writer", "auto",
-     "where history writes run: process (a child process), thread, or auto (SQLite: process, PostgreSQL: thread)"),
+    ("STORAGE_WRITER", "--storage-writer", "process",
+     "where SQLite's and PostgreSQL's writes run: process (a child process) or thread"),
     ("LOG_FORMAT", "--log-format", "kv", "kv or json"),
     ("DISPATCH_ACK_TIMEOUT_S", "--dispatch-ack-timeout-s", "10", "fail a dispatch with no outcome by then"),
     ("DISPATCH_TTL_S", "--dispatch-ttl-s", "300", "default time a dispatch may wait for an offline target"),
@@ -91,8 +91,8 @@ def load_settings(argv: Sequence[str] | None = None, env: Mapping[str, str] | No
     grpc_host, grpc_port = parse_addr(raw["HEADEND_GRPC_ADDR"], "HEADEND_GRPC_ADDR")
     if raw["LOG_FORMAT"] not in ("kv", "json"):
         raise ConfigError(f"LOG_FORMAT: must be kv or json, got {raw['LOG_FORMAT']!r}")
-    if raw["STORAGE_WRITER"] not in ("auto", "process", "thread"):
-        raise ConfigError(f"STORAGE_WRITER: must be auto, process or thread, got {raw['STORAGE_WRITER']!r}")
+    if raw["STORAGE_WRITER"] not in ("process", "thread"):
+        raise ConfigError(f"STORAGE_WRITER: must be process or thread, got {raw['STORAGE_WRITER']!r}")
     return HeadendSettings(
         http_host=http_host,
         http_port=http_port,

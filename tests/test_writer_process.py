@@ -114,23 +114,20 @@ def _call(fn, *args):
         return exc
 
 
-def test_auto_puts_sqlites_writes_in_a_process_and_postgresqls_in_a_thread(tmp_path) -> None:
-    from der_actors.storage.postgres import PostgresStorage
-
-    sqlite = open_storage(f"sqlite:///{tmp_path / 'h.sqlite3'}", writer="auto")
-    postgres = open_storage("postgresql://postgres@127.0.0.1:1/none", writer="auto")  # nothing listens on port 1
+def test_an_unreachable_postgresql_does_not_stop_a_writer_process_from_starting() -> None:
+    s = open_storage("postgresql://postgres@127.0.0.1:1/none", writer="process")  # nothing listens on port 1
     try:
-        assert isinstance(sqlite, WriterProcess) and sqlite.pid is not None
-        assert type(postgres) is PostgresStorage
+        assert isinstance(s, WriterProcess) and s.pid is not None  # its open failed as "unavailable"
+        with pytest.raises(StorageUnavailable, match="PostgreSQL 127.0.0.1:1/none"):
+            s.write(WriteBatch(rows(1)))  # the store would keep the rows and retry
     finally:
-        sqlite.close()
-        postgres.close()
+        s.close()
 
 
 def test_storage_writer_is_checked_and_named_in_the_error() -> None:
-    assert load_settings([], env={}).storage_writer == "auto"
+    assert load_settings([], env={}).storage_writer == "process"
     assert load_settings(["--storage-writer", "thread"], env={}).storage_writer == "thread"
-    with pytest.raises(ConfigError, match="STORAGE_WRITER: must be auto, process or thread, got 'fork'"):
+    with pytest.raises(ConfigError, match="STORAGE_WRITER: must be process or thread, got 'fork'"):
         load_settings([], env={"STORAGE_WRITER": "fork"})
-    with pytest.raises(StorageConfigError, match="STORAGE_WRITER: must be one of auto, process, thread, got 'fork'"):
+    with pytest.raises(StorageConfigError, match="STORAGE_WRITER: must be one of process, thread, got 'fork'"):
         open_storage("memory://", writer="fork")

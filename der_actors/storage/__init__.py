@@ -6,11 +6,8 @@
 - `postgresql://user[:password]@host[:port]/dbname[?options=-csearch_path%3Dschema]` (or `postgres://`);
 - `memory://`: bounded in-memory history, gone on restart (tests, demos).
 
-`writer`: where SQLite's and PostgreSQL's writes run: `"thread"` (a worker thread of this process),
-`"process"` (a child process of their own, `writer_process.py`), or `"auto"` (the headend's default):
-a process for SQLite, a thread for PostgreSQL. A PostgreSQL server on the same machine needs the
-core a writer process would take: on the 2-core box live ingest fell 15 % with one (two interleaved
-pairs, the machine at 1.96 of its 2 cores), where SQLite's rose 25 to 75 % (README, Performance).
+`writer`: where SQLite's and PostgreSQL's writes run: `"thread"` (a worker thread of this process)
+or `"process"` (a child process of their own, `writer_process.py`: the headend's default).
 """
 
 from __future__ import annotations
@@ -27,7 +24,7 @@ log = structlog.get_logger("der.storage")
 DEFAULT_SQLITE_PATH = "der_headend.sqlite3"
 
 
-WRITERS = ("auto", "process", "thread")
+WRITERS = ("process", "thread")
 
 
 def open_storage(url: str, *, reset: bool = False, writer: str = "thread", log_format: str = "kv") -> Storage:
@@ -51,7 +48,7 @@ def open_storage(url: str, *, reset: bool = False, writer: str = "thread", log_f
         path = url[len("sqlite:///"):] if url else DEFAULT_SQLITE_PATH
         if not path:
             raise StorageConfigError(f"DATABASE_URL: no file in {url!r} (use sqlite:///path/to/file.sqlite3)")
-        storage = _engine(SqliteStorage, {"path": path}, writer != "thread", log_format)
+        storage = _engine(SqliteStorage, {"path": path}, writer, log_format)
         try:
             storage.open(reset=reset)
         except StorageUnavailable as exc:
@@ -64,7 +61,7 @@ def open_storage(url: str, *, reset: bool = False, writer: str = "thread", log_f
     if url.startswith(("postgresql://", "postgres://")):
         from der_actors.storage.postgres import PostgresStorage
 
-        storage = _engine(PostgresStorage, {"url": url}, writer == "process", log_format)
+        storage = _engine(PostgresStorage, {"url": url}, writer, log_format)
         try:
             storage.open(reset=reset)
         except StorageUnavailable as exc:
@@ -79,8 +76,8 @@ def open_storage(url: str, *, reset: bool = False, writer: str = "thread", log_f
     )
 
 
-def _engine(engine_type, engine_args: dict, in_process_of_its_own: bool, log_format: str) -> Storage:
-    if not in_process_of_its_own:
+def _engine(engine_type, engine_args: dict, writer: str, log_format: str) -> Storage:
+    if writer == "thread":
         return engine_type(**engine_args)
     from der_actors.storage.writer_process import WriterProcess
 
