@@ -149,8 +149,8 @@ class WriterProcess:
             child = subprocess.Popen([sys.executable, "-m", __name__, str(theirs.fileno())], pass_fds=[theirs.fileno()])
         finally:
             theirs.close()
+        self._child, self._pipe = child, ours  # reaped by `_stop_child` even if the line below fails
         ours.send_bytes(pickle.dumps((*self._engine, self._inventory, self._reset_pending)))
-        self._child, self._pipe = child, ours
         log.info("storage_writer_started", database=self.describe, pid=child.pid)
         return ours
 
