@@ -13,6 +13,8 @@ from collections.abc import Mapping, Sequence
 
 import attrs
 
+from der_actors.storage import WRITERS
+
 
 class ConfigError(ValueError):
     pass
@@ -91,8 +93,8 @@ def load_settings(argv: Sequence[str] | None = None, env: Mapping[str, str] | No
     grpc_host, grpc_port = parse_addr(raw["HEADEND_GRPC_ADDR"], "HEADEND_GRPC_ADDR")
     if raw["LOG_FORMAT"] not in ("kv", "json"):
         raise ConfigError(f"LOG_FORMAT: must be kv or json, got {raw['LOG_FORMAT']!r}")
-    if raw["STORAGE_WRITER"] not in ("process", "thread"):
-        raise ConfigError(f"STORAGE_WRITER: must be process or thread, got {raw['STORAGE_WRITER']!r}")
+    if raw["STORAGE_WRITER"] not in WRITERS:
+        raise ConfigError(f"STORAGE_WRITER: must be {' or '.join(WRITERS)}, got {raw['STORAGE_WRITER']!r}")
     return HeadendSettings(
         http_host=http_host,
         http_port=http_port,
