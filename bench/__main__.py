@@ -52,6 +52,10 @@ def _fmt_pct(v: float) -> str:
     return f"{v:.0%}"
 
 
+def _fmt_us(v: float) -> str:
+    return f"{v:.1f} us"
+
+
 def _fmt_ms(v: float) -> str:
     return f"{v:.1f} ms"
 
@@ -69,6 +73,8 @@ TABLE = [
     ("ingest_sqlite_merged_vs_ceiling", "  SQLite ingest / ceiling, merged", ">= 75%", lambda v: v >= 0.75, _fmt_pct),
     ("ingest_sqlite_vs_sink", "  SQLite ingest / transport sink, live", "-", None, _fmt_pct),
     ("ingest_sqlite_merged_vs_sink", "  SQLite ingest / transport sink, merged", "-", None, _fmt_pct),
+    ("ingest_sqlite_headend_us_pt", "  headend CPU a point stored, live (us)", "-", None, _fmt_us),
+    ("ingest_sqlite_merged_headend_us_pt", "  headend CPU a point stored, merged (us)", "-", None, _fmt_us),
     ("ingest_postgres_pts_s", "Ingest, PostgreSQL, live (points/s stored)", ">= 60,000", lambda v: v >= 60_000,
      _fmt_int),
     ("ingest_postgres_merged_pts_s", "  merged ticks (100 points a message)", ">= 60,000", lambda v: v >= 60_000,
@@ -79,6 +85,8 @@ TABLE = [
      _fmt_pct),
     ("ingest_postgres_vs_sink", "  PostgreSQL ingest / transport sink, live", "-", None, _fmt_pct),
     ("ingest_postgres_merged_vs_sink", "  PostgreSQL ingest / transport sink, merged", "-", None, _fmt_pct),
+    ("ingest_postgres_headend_us_pt", "  headend CPU a point stored, live (us)", "-", None, _fmt_us),
+    ("ingest_postgres_merged_headend_us_pt", "  headend CPU a point stored, merged (us)", "-", None, _fmt_us),
     ("sink_pts_s", "Transport sink, live (points/s decoded)", "-", None, _fmt_int),
     ("sink_codec_pts_s", "  sink + codec.received_from_pb, live", "-", None, _fmt_int),
     ("sink_merged_pts_s", "  sink, merged", "-", None, _fmt_int),

@@ -127,10 +127,11 @@ def _tree(pid: int) -> list[int]:
     return pids
 
 
-def proc_cpu_s(pid: int) -> float:
-    """utime + stime of a process (all its threads) and its running children, seconds."""
+def proc_cpu_s(pid: int, *, children: bool = True) -> float:
+    """utime + stime of a process (all its threads) and, unless told not to, its running children,
+    seconds."""
     total = 0
-    for p in _tree(pid):
+    for p in _tree(pid) if children else [pid]:
         with contextlib.suppress(OSError), open(f"/proc/{p}/stat") as f:
             fields = f.read().rsplit(")", 1)[1].split()
             total += int(fields[11]) + int(fields[12])
@@ -182,6 +183,7 @@ class CpuWindow:
         self.busy0 = _machine_busy_s()
         self.self0 = self_cpu_s()
         self.cpu0 = {k: _safe_cpu(p) for k, p in self.pids.items()}
+        self.own0 = {k: _safe_cpu(p, children=False) for k, p in self.pids.items()}
         self.pg0 = self._pg() if count_postgres else 0.0
 
     def _pg(self) -> float:
@@ -190,18 +192,21 @@ class CpuWindow:
     def stop(self) -> dict:
         wall = time.perf_counter() - self.t0
         ours = {k: _safe_cpu(p) - self.cpu0[k] for k, p in self.pids.items()}
+        own = {k: _safe_cpu(p, children=False) - self.own0[k] for k, p in self.pids.items()}
+        children = {f"{k}_children": ours[k] - own[k] for k in own if ours[k] - own[k] > 0}  # the headend's writer
         ours["bench"] = self_cpu_s() - self.self0
         if self.count_postgres:
             ours["postgres"] = self._pg() - self.pg0
         busy = _machine_busy_s() - self.busy0
         others = max(0.0, busy - sum(ours.values()))
         return {"wall_s": round(wall, 3), **{f"cpu_{k}_cores": round(v / wall, 3) for k, v in ours.items()},
+                **{f"cpu_{k}_cores": round(v / wall, 3) for k, v in children.items()},
                 "cpu_other_processes_cores": round(others / wall, 3)}
 
 
-def _safe_cpu(pid: int) -> float:
+def _safe_cpu(pid: int, *, children: bool = True) -> float:
     try:
-        return proc_cpu_s(pid)
+        return proc_cpu_s(pid, children=children)
     except OSError:
         return 0.0
 

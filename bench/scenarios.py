@@ -134,8 +134,10 @@ async def scenario_ingest(ctx: Ctx) -> dict:
             name = engine if shape == "live" else f"{engine}_{shape}"
             out[f"{name}_ingest"] = r
             figures[f"ingest_{name}_pts_s"] = r["points_per_s"]
+            figures[f"ingest_{name}_headend_us_pt"] = r["headend_cpu_us_per_point"]
             ctx.say(f"   {engine:<8} ingest, {shape:<6} {r['points_per_s']:>10,.0f} points/s stored  ({r['rows_in_db']:,} rows "
-                    f"counted in {r['seconds']:.2f} s; headend {r['cpu'].get('cpu_headend_cores', 0):.2f} cores, generator "
+                    f"counted in {r['seconds']:.2f} s; CPU a point: headend {r['headend_cpu_us_per_point']:.1f} us, its "
+                    f"writer {r['writer_cpu_us_per_point']:.1f} us; headend {r['cpu'].get('cpu_headend_cores', 0):.2f} cores, generator "
                     f"{r['cpu']['cpu_bench_cores']:.2f}, other processes {r['cpu']['cpu_other_processes_cores']:.2f}; "
                     f"ack stalls {r['fleet']['ack_stalls']})")
         url, schema = _database(ctx, engine, workdir, "ceiling")
@@ -228,6 +230,8 @@ async def ingest_once(ctx: Ctx, workdir: str, inv: str, sites: list[GenSite], ur
         "points_per_s": rows / seconds, "headend_start_s": headend.started_s, "headend_shutdown_s": shutdown_s,
         "headend_rss_mb_before": rss0 / 1024, "headend_rss_mb_after": rss1 / 1024,
         "cpu": cpu_figures, "fleet": attrs.asdict(fleet.stats),
+        # CPU a point over the flood (every point acked in it): the headend's own process, and its writer
+        **_cpu_per_point(cpu_figures, fleet.stats.points_sent),
     }
     if profiler:
         result["profile"] = profiler.summary()
@@ -235,6 +239,13 @@ async def ingest_once(ctx: Ctx, workdir: str, inv: str, sites: list[GenSite], ur
         result["warning"] = f"{total - rows:,} of {total:,} points not in the database"
         ctx.say(f"   WARNING {engine}: {result['warning']}")
     return result
+
+
+def _cpu_per_point(cpu: dict, points: int) -> dict:
+    wall = cpu["wall_s"]
+    own = cpu["cpu_headend_cores"] - cpu.get("cpu_headend_children_cores", 0.0)
+    return {"headend_cpu_us_per_point": own * wall / points * 1e6,
+            "writer_cpu_us_per_point": cpu.get("cpu_headend_children_cores", 0.0) * wall / points * 1e6}
 
 
 def ceiling(url: str, inv_path: str, sites: list[GenSite], ticks: int) -> dict:
