@@ -3,7 +3,8 @@
 Every actor shares one trio thread, so when intake outgrows a core, every hop of a dispatch waits
 behind it; the loop's lateness is the figure that says so, before anything else degrades. A
 monitor task sleeps in short periods and reports how late it woke (`actors/lag_monitor.py`);
-`/health` shows the last figure and the worst of the last minute.
+`/health` shows the last figure, the worst of the last minute and how many wake-ups were stalls
+(`STALL_S` late or more); the monitor logs a stall with what the garbage collector did meanwhile.
 """
 
 from __future__ import annotations
@@ -12,11 +13,24 @@ from collections import deque
 
 import attrs
 
+from der_actors.gc_times import GcSnapshot
+
+STALL_S = 0.1  # a wake-up this late is a stall: five times a dispatch's p99 target, waited out by every hop
+
+
+@attrs.frozen
+class Stall:
+    at: float  # trio time of the late wake-up
+    late_s: float
+    gc: GcSnapshot  # the collections in the period it fell in, and the seconds they took
+
 
 @attrs.define
 class LagWindow:
     window_s: float = 60.0
     last_s: float = 0.0
+    stalls: int = 0
+    last_stall: Stall | None = None
     # (time, lateness), lateness strictly decreasing from the front: the front is the window's
     # worst, and a sample that a later, larger one outlives can never be the worst again
     _worst: deque[tuple[float, float]] = attrs.field(factory=deque)

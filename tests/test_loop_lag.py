@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gc
+
 import trio
 import trio.testing
 
@@ -35,3 +37,22 @@ async def test_the_monitor_records_how_late_the_loop_woke_it(nursery, autojump_c
     assert abs(lag.last_s - 0.2) < 1e-9 and lag.worst_s(trio.current_time()) == lag.last_s
     await trio.sleep(0.5)
     assert lag.last_s == 0.0 and abs(lag.worst_s(trio.current_time()) - 0.2) < 1e-9
+
+
+async def test_a_stall_is_counted_with_what_the_collector_did_in_it(nursery, autojump_clock):
+    lag = LagWindow()
+    nursery.start_soon(run_lag_monitor, lag, 0.1)
+    await trio.sleep(1.05)
+    gc.collect()  # a collection where no wake-up is late: it is not a stall
+    await trio.sleep(0.5)
+    assert (lag.stalls, lag.last_stall) == (0, None)
+    # the loop held for 0.25 s, a full collection in that time: the wake-up due at t=1.6 comes 0.2 s late
+    autojump_clock.jump(0.25)
+    gc.collect()
+    await trio.sleep(0)
+    await trio.testing.wait_all_tasks_blocked()
+    stall = lag.last_stall
+    assert lag.stalls == 1 and abs(stall.late_s - 0.2) < 1e-9 and stall.at == trio.current_time()
+    assert stall.gc.collections == (0, 0, 1) and stall.gc.seconds[2] > 0
+    await trio.sleep(1)  # on time again: the count stays
+    assert lag.stalls == 1 and lag.last_stall is stall

@@ -133,6 +133,7 @@ async def test_health(http: httpx.AsyncClient) -> None:
     assert r.status_code == 200
     body = r.json()
     lag = body.pop("event_loop_lag_ms")
+    assert body.pop("event_loop_stalls") >= 0
     history = body.pop("history")
     assert body.pop("intake") == {"turns": INTAKE_TURNS, "in_use": 0, "streams_waiting": 0}
     assert body == {"status": "ok", "sessions": 0, "assets": 20}

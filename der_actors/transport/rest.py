@@ -93,6 +93,7 @@ def create_app(headend: Headend, intake: IntakeTurns) -> QuartTrio:
             "sessions": len(ctx.directory.sessions), "assets": len(inventory.assets),
             "event_loop_lag_ms": {"last": round(ctx.loop_lag.last_s * 1e3, 1),
                                   "worst_60s": round(ctx.loop_lag.worst_s(now) * 1e3, 1)},
+            "event_loop_stalls": ctx.loop_lag.stalls,  # wake-ups STALL_S late or more since start (logged)
             "history": ctx.store.status(),
             # streams waiting in line for a telemetry turn: above zero for long, agents offer more
             # than the headend takes in (they are held back and spool; see transport/grpc_server.py)
