@@ -29,6 +29,7 @@ import os
 import platform
 import sqlite3
 import statistics
+import signal
 import subprocess
 import sys
 import time
@@ -240,6 +241,9 @@ def _is_interrupt(exc: BaseException) -> bool:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse(argv)
+    # `timeout` and process managers stop a run with SIGTERM: clean up as after Ctrl-C, or the headend
+    # and the other children outlive the run (holding their ports and databases)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(40))  # in-process storage: errors only
     cleanup = Cleanup()
     started = dt.datetime.now(dt.UTC)
