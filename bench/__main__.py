@@ -27,9 +27,9 @@ import datetime as dt
 import json
 import os
 import platform
+import signal
 import sqlite3
 import statistics
-import signal
 import subprocess
 import sys
 import time

@@ -17,7 +17,7 @@ import attrs
 
 @attrs.define
 class GcTimes:
-    """Collections and seconds spent in them, per generation, since `install`."""
+    """Collections and seconds spent in them, per generation, while `timing_gc` runs."""
 
     collections: list[int] = attrs.field(factory=lambda: [0, 0, 0])
     seconds: list[float] = attrs.field(factory=lambda: [0.0, 0.0, 0.0])
