@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import concurrent.futures
+import contextlib
 import gc
 import os
 import signal
@@ -10,10 +12,11 @@ import sys
 import trio
 
 from der_actors import logs
-from der_actors.config import ConfigError, load_settings
+from der_actors.config import ConfigError, HeadendSettings, load_settings
 from der_actors.inventory import InventoryError, load_inventory
+from der_actors.model import Inventory
 from der_actors.server import run_server
-from der_actors.storage import StorageConfigError, open_storage
+from der_actors.storage import Storage, StorageConfigError, open_storage
 
 
 # The cyclic GC's default gen-0 threshold (700 net allocations) runs a collection every few inbound
@@ -63,13 +66,35 @@ async def _serve(settings, inventory, storage) -> None:
             nursery.cancel_scope.cancel()
 
 
+def load(settings: HeadendSettings) -> tuple[Inventory, Storage]:
+    """The inventory and the open storage, side by side: the storage's writer process starts (a
+    fresh interpreter, then it connects and migrates) on the other core while this one parses the
+    inventory (pyyaml: ~2 s for 10,000 assets). With RESET_DB one after the other: history is
+    emptied only once the inventory has proved good."""
+
+    def opened() -> Storage:
+        return open_storage(settings.database_url, reset=settings.reset_db, writer=settings.storage_writer,
+                            log_format=settings.log_format)
+
+    if settings.reset_db:
+        inventory = load_inventory(settings.assets_path)
+        return inventory, opened()
+    with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="open-storage") as pool:
+        opening = pool.submit(opened)
+        try:
+            inventory = load_inventory(settings.assets_path)
+        except BaseException:
+            with contextlib.suppress(Exception):  # the inventory's error is the one to report
+                opening.result().close()
+            raise
+        return inventory, opening.result()
+
+
 def main(argv: list[str] | None = None) -> None:
     try:
         settings = load_settings(argv)
         logs.configure(settings.log_format)
-        inventory = load_inventory(settings.assets_path)
-        storage = open_storage(settings.database_url, reset=settings.reset_db, writer=settings.storage_writer,
-                               log_format=settings.log_format)
+        inventory, storage = load(settings)
     except (ConfigError, StorageConfigError) as exc:
         sys.exit(f"der-headend: {exc}")
     except InventoryError as exc:

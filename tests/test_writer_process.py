@@ -131,3 +131,48 @@ def test_storage_writer_is_checked_and_named_in_the_error() -> None:
         load_settings([], env={"STORAGE_WRITER": "fork"})
     with pytest.raises(StorageConfigError, match="STORAGE_WRITER: must be one of process, thread, got 'fork'"):
         open_storage("memory://", writer="fork")
+
+
+def _children() -> list[int]:
+    pids = []
+    for task in os.listdir("/proc/self/task"):
+        with open(f"/proc/self/task/{task}/children") as f:
+            pids += [int(p) for p in f.read().split()]
+    return pids
+
+
+def test_the_headend_loads_its_inventory_while_its_writer_process_starts(tmp_path):
+    from der_actors import cli
+
+    db = f"sqlite:///{tmp_path / 'h.sqlite3'}"
+    inventory, storage = cli.load(load_settings([], {"ASSETS_PATH": "assets.yaml", "DATABASE_URL": db}))
+    try:
+        assert inventory == INV and isinstance(storage, WriterProcess) and storage.pid in _children()
+        storage.save_inventory(inventory)
+        assert storage.write(WriteBatch(rows(1))) == 1
+    finally:
+        storage.close()
+
+
+@pytest.mark.parametrize("reset", ["", "1"])
+def test_a_bad_inventory_stops_the_start_leaves_history_alone_and_no_writer_process(tmp_path, reset):
+    from der_actors import cli
+    from der_actors.inventory import InventoryError
+
+    db = f"sqlite:///{tmp_path / 'h.sqlite3'}"
+    kept = open_storage(db, writer="thread")
+    kept.save_inventory(INV)
+    kept.write(WriteBatch(rows(1, 2)))
+    kept.close()
+    bad = tmp_path / "assets.yaml"
+    bad.write_text("sites: [{id: s1}]\nassets: [{id: a1, site_id: nowhere}]\n")
+    settings = load_settings([], {"ASSETS_PATH": str(bad), "DATABASE_URL": db, "RESET_DB": reset})
+    before = set(_children())
+    with pytest.raises(InventoryError):
+        cli.load(settings)
+    assert set(_children()) <= before  # the writer started beside the inventory's parse is reaped
+    again = open_storage(db, writer="thread")
+    try:
+        assert again.count_telemetry() == 2  # RESET_DB empties history only once the inventory is good
+    finally:
+        again.close()
