@@ -51,11 +51,12 @@ async def run_server(
             config, inventory, storage, WallClock.calibrated(),
         )
         nursery.start_soon(run_lag_monitor, headend.ctx.loop_lag)
-        async with trio.open_nursery() as front:  # the doors: closed first on shutdown
+        async with trio.open_nursery() as front:  # the doors: closed on shutdown once the sessions have ended
             intake = IntakeTurns()
+            stop_accepting = trio.Event()  # set first on shutdown: the agent port is closed
             grpc_port = await front.start(functools.partial(
                 serve_agents, settings.grpc_host, settings.grpc_port, headend.accept.clone(), headend.ctx.clock,
-                intake=intake))
+                intake=intake, stop_accepting=stop_accepting))
             http = HypercornConfig()
             http.bind = [f"{settings.http_host}:{settings.http_port}"]
             http.accesslog = None
@@ -67,10 +68,15 @@ async def run_server(
             task_status.started(running)
             await shutdown.wait()
             log.info("headend_stopping")
+            stopping_at = trio.current_time()
+            # The agent port closes first (a dial is refused: the agents back off), then the sessions
+            # end while their streams are up, so each record says why and each agent sees its stream
+            # end cleanly; then the doors close. (Cutting the streams first recorded "stream closed",
+            # or no end at all.)
+            stop_accepting.set()
+            open_sessions = await _close_sessions(headend, deadline_s=2)
+            sessions_closed_at = trio.current_time()
             front.cancel_scope.cancel()
-        stopping_at = trio.current_time()
-        open_sessions = await _close_sessions(headend, deadline_s=2)
-        sessions_closed_at = trio.current_time()
         with trio.move_on_after(5):
             await headend.ctx.store.flushed()
         log.info("headend_stopped", sessions_open=open_sessions, close_sessions_s=round(sessions_closed_at - stopping_at, 3),

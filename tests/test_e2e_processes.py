@@ -14,11 +14,13 @@ dispatch, so nothing answers 409 any more (the README's error list and openapi s
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import re
 import signal
+import sqlite3
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -311,10 +313,15 @@ async def operator_flow(procs: Processes, tmp_path: Path) -> None:
         assert row["sessions"][0]["disconnected_at"] and row["sessions"][0]["gateway_id"] == LEGACY_GATEWAY_ID, row
         assert all(r["connected"] for r in (await get("/agents"))["agents"] if r["asset_id"] in ridgeway)
 
-    # Finally the gateway, then the headend: both exit 0 on SIGTERM.
-    with trio.fail_after(STEP_S):
-        assert await gateway.stop() == 0, "the gateway's exit code"
+    # Finally the headend, the gateway still connected, then the gateway: both exit 0 on SIGTERM. The
+    # gateway's session is recorded as ended by the shutdown, not as a stream that dropped.
     with trio.fail_after(STEP_S):
         assert await headend.stop() == 0, "the headend's exit code"
     assert headend.events("headend_stopping"), "the headend logged no headend_stopping"
     assert headend.events("headend_stopped"), "the headend's last log line was lost at exit"
+    with contextlib.closing(sqlite3.connect(tmp_path / "headend.sqlite3")) as db:
+        last = db.execute("SELECT reason, disconnected_at FROM agent_sessions WHERE site_id = ? ORDER BY connected_at DESC",
+                          (RIDGEWAY,)).fetchone()
+    assert last[0] == "headend shutting down" and last[1] is not None, last
+    with trio.fail_after(STEP_S):
+        assert await gateway.stop() == 0, "the gateway's exit code"

@@ -4,6 +4,9 @@ are for a condition, nothing asserts on timing)."""
 
 from __future__ import annotations
 
+import functools
+
+import pytest
 import trio
 import trio.testing
 import h2.config
@@ -152,6 +155,28 @@ async def test_a_consumer_is_told_the_end_when_its_connection_drops() -> None:
             # left without closing the stream: the connection is simply gone
             await recorder.done.wait()
             nursery.cancel_scope.cancel()
+
+
+async def test_once_it_stops_accepting_a_dial_is_refused_and_open_streams_carry_on() -> None:
+    recorder = Recorder()
+    stop = trio.Event()
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            port = await nursery.start(functools.partial(
+                serve_grpc_consumers, "127.0.0.1", 0, lambda *_: recorder, stop_accepting=stop))
+            async with dial(port) as stream:
+                await first_handed_over(stream, recorder)
+                stop.set()
+                await trio.testing.wait_all_tasks_blocked()
+                with pytest.raises(ConnectionRefusedError):
+                    async with dial(port):
+                        pass
+                await stream.send_message(heartbeat(2))  # the stream that was open is still served
+                while len(recorder.seen) < 2:
+                    await trio.sleep(0.001)
+            await recorder.done.wait()
+            nursery.cancel_scope.cancel()
+    assert recorder.seen == [1, 2]
 
 
 class ThrottledSocket:

@@ -284,10 +284,13 @@ async def serve_agents(
     clock: WallClock,
     *,
     intake: IntakeTurns | None = None,
+    stop_accepting: trio.Event | None = None,
     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve AgentLink.Stream on host:port; reports the bound port. `clock` stamps received telemetry;
-    `intake`: the telemetry turns (default INTAKE_TURNS of them)."""
+    `intake`: the telemetry turns (default INTAKE_TURNS of them); once `stop_accepting` is set, dials
+    are refused and the streams carry on (`serve_grpc_consumers`)."""
     intake = intake or IntakeTurns()
     async with accept:
-        await serve_grpc_consumers(host, port, agent_streams(accept, clock, intake.limiter), task_status=task_status)
+        await serve_grpc_consumers(host, port, agent_streams(accept, clock, intake.limiter),
+                                   stop_accepting=stop_accepting, task_status=task_status)

@@ -384,20 +384,32 @@ async def serve_grpc_consumers(
     port: int,
     opener: StreamOpener,
     *,
+    stop_accepting: trio.Event | None = None,
     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Listen on host:port (port 0 picks one); for each stream `opener(stream, request, peer,
-    nursery)` returns the `StreamConsumer` its messages go to. Reports the bound port."""
-    await _serve(host, port, None, opener, task_status)
+    nursery)` returns the `StreamConsumer` its messages go to. Reports the bound port. Once
+    `stop_accepting` is set the port is closed (a dial is refused) and the connections carry on
+    until they end or this is cancelled."""
+    await _serve(host, port, None, opener, task_status, stop_accepting)
 
 
 async def _serve(host: str, port: int, handler: StreamHandler | None, opener: StreamOpener | None,
-                 task_status: trio.TaskStatus[int]) -> None:
+                 task_status: trio.TaskStatus[int], stop_accepting: trio.Event | None = None) -> None:
     listener = await anyio.create_tcp_listener(local_host=host, local_port=port)
-    async with listener:
-        bound = listener.extra(anyio.abc.SocketAttribute.local_port)
-        task_status.started(bound)
-        await listener.serve(lambda sock: _serve_connection(sock, handler, opener))
+    async with anyio.create_task_group() as connections:  # outlives the listener
+        async with listener:
+            bound = listener.extra(anyio.abc.SocketAttribute.local_port)
+            task_status.started(bound)
+            with anyio.CancelScope() as accepting:
+                if stop_accepting is not None:
+                    connections.start_soon(_cancel_on, stop_accepting, accepting)
+                await listener.serve(lambda sock: _serve_connection(sock, handler, opener), task_group=connections)
+
+
+async def _cancel_on(event: trio.Event, scope: anyio.CancelScope) -> None:
+    await event.wait()
+    scope.cancel()
 
 
 @contextlib.asynccontextmanager
