@@ -94,7 +94,7 @@ def load_settings(argv: Sequence[str] | None = None, env: Mapping[str, str] | No
     if raw["LOG_FORMAT"] not in ("kv", "json"):
         raise ConfigError(f"LOG_FORMAT: must be kv or json, got {raw['LOG_FORMAT']!r}")
     if raw["STORAGE_WRITER"] not in WRITERS:
-        raise ConfigError(f"STORAGE_WRITER: must be {' or '.join(WRITERS)}, got {raw['STORAGE_WRITER']!r}")
+        raise ConfigError(f"STORAGE_WRITER: must be one of {', '.join(WRITERS)}, got {raw['STORAGE_WRITER']!r}")
     return HeadendSettings(
         http_host=http_host,
         http_port=http_port,

@@ -25,22 +25,33 @@ class Stall:
     gc: GcSnapshot  # the collections in the period it fell in, and the seconds they took
 
 
+_NO_GC = GcSnapshot((0, 0, 0), (0.0, 0.0, 0.0))
+
+
 @attrs.define
 class LagWindow:
     window_s: float = 60.0
+    stall_s: float = STALL_S
     last_s: float = 0.0
-    stalls: int = 0
+    stalls: int = 0  # since start
     last_stall: Stall | None = None
     # (time, lateness), lateness strictly decreasing from the front: the front is the window's
     # worst, and a sample that a later, larger one outlives can never be the worst again
     _worst: deque[tuple[float, float]] = attrs.field(factory=deque)
 
-    def add(self, now: float, late_s: float) -> None:
+    def add(self, now: float, late_s: float, gc: GcSnapshot = _NO_GC) -> Stall | None:
+        """Record a wake-up `late_s` late; `gc`: what the collector did since the last one. The
+        stall it was, if it was one."""
         self.last_s = late_s
         while self._worst and self._worst[-1][1] <= late_s:
             self._worst.pop()
         self._worst.append((now, late_s))
         self._expire(now)
+        if late_s < self.stall_s:
+            return None
+        self.stalls += 1
+        self.last_stall = Stall(now, late_s, gc)
+        return self.last_stall
 
     def worst_s(self, now: float) -> float:
         """The largest lateness recorded in the last `window_s` (0 when none)."""

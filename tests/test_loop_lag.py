@@ -8,7 +8,8 @@ import trio
 import trio.testing
 
 from der_actors.actors.lag_monitor import run_lag_monitor
-from der_actors.loop_lag import LagWindow
+from der_actors.gc_times import GcSnapshot
+from der_actors.loop_lag import LagWindow, Stall
 
 
 def test_the_window_keeps_the_worst_of_its_last_minute_and_the_last_figure():
@@ -23,6 +24,15 @@ def test_the_window_keeps_the_worst_of_its_last_minute_and_the_last_figure():
     assert lag.worst_s(81) == 0.0
     lag.add(82, 0.1)
     assert (lag.last_s, lag.worst_s(82)) == (0.1, 0.1)
+
+
+def test_a_wake_up_stall_s_late_or_more_is_a_stall_with_what_the_collector_did():
+    lag = LagWindow(stall_s=0.1)
+    gc_work = GcSnapshot((2, 0, 0), (0.09, 0.0, 0.0))
+    assert lag.add(1, 0.099, gc_work) is None and (lag.stalls, lag.last_stall) == (0, None)
+    stall = lag.add(2, 0.1, gc_work)
+    assert stall == Stall(2, 0.1, gc_work) and (lag.stalls, lag.last_stall) == (1, stall)
+    assert lag.add(3, 0.0) is None and (lag.stalls, lag.last_stall) == (1, stall)  # the count stays
 
 
 async def test_the_monitor_records_how_late_the_loop_woke_it(nursery, autojump_clock):

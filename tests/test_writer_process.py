@@ -1,5 +1,6 @@
-"""The writer process (`storage/writer_process.py`) where it differs from a writer thread: its
-death, and signals to the process group. The storage suites run every engine through it too
+"""The writer process (`storage/writer_process.py`) where it differs from a writer thread (its
+death, signals to the process group), and the headend starting it while it parses its inventory
+(`cli.load`). The storage suites run every engine through it too
 (`storage_engines.py`: `sqlite+process`, `postgres+process`). Real SQLite, a real child process;
 the waits are for a condition, bounded, and nothing asserts on timing."""
 
@@ -13,8 +14,9 @@ import time
 
 import pytest
 
+from der_actors import cli
 from der_actors.config import ConfigError, load_settings
-from der_actors.inventory import load_inventory
+from der_actors.inventory import InventoryError, load_inventory
 from der_actors.messages import Telemetry
 from der_actors.storage import StorageConfigError, open_storage
 from der_actors.storage.base import StorageUnavailable, WriteBatch
@@ -127,7 +129,7 @@ def test_an_unreachable_postgresql_does_not_stop_a_writer_process_from_starting(
 def test_storage_writer_is_checked_and_named_in_the_error() -> None:
     assert load_settings([], env={}).storage_writer == "process"
     assert load_settings(["--storage-writer", "thread"], env={}).storage_writer == "thread"
-    with pytest.raises(ConfigError, match="STORAGE_WRITER: must be process or thread, got 'fork'"):
+    with pytest.raises(ConfigError, match="STORAGE_WRITER: must be one of process, thread, got 'fork'"):
         load_settings([], env={"STORAGE_WRITER": "fork"})
     with pytest.raises(StorageConfigError, match="STORAGE_WRITER: must be one of process, thread, got 'fork'"):
         open_storage("memory://", writer="fork")
@@ -142,8 +144,6 @@ def _children() -> list[int]:
 
 
 def test_the_headend_loads_its_inventory_while_its_writer_process_starts(tmp_path):
-    from der_actors import cli
-
     db = f"sqlite:///{tmp_path / 'h.sqlite3'}"
     inventory, storage = cli.load(load_settings([], {"ASSETS_PATH": "assets.yaml", "DATABASE_URL": db}))
     try:
@@ -156,9 +156,6 @@ def test_the_headend_loads_its_inventory_while_its_writer_process_starts(tmp_pat
 
 @pytest.mark.parametrize("reset", ["", "1"])
 def test_a_bad_inventory_stops_the_start_leaves_history_alone_and_no_writer_process(tmp_path, reset):
-    from der_actors import cli
-    from der_actors.inventory import InventoryError
-
     db = f"sqlite:///{tmp_path / 'h.sqlite3'}"
     kept = open_storage(db, writer="thread")
     kept.save_inventory(INV)
